@@ -1,0 +1,46 @@
+"""The seam between a broker and the rest of celeriac.
+
+An event source reads the cluster's events from one transport, decodes them, flattens
+``task.multi`` batches and hands lists of plain event dicts to a sink. Nothing outside
+``celeriac.events`` knows which transport is in use.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+Event = dict[str, Any]
+EventSink = Callable[[list[Event]], None]
+
+
+@dataclass
+class IngestCounters:
+    """What the source saw; read by the status endpoint and metrics without locking."""
+
+    messages: int = 0  # broker messages read
+    received: int = 0  # events decoded out of those messages
+    malformed: int = 0  # messages or events that could not be decoded
+    reconnects: int = 0
+    gaps: int = 0  # times the source was disconnected and may have missed events
+    blind_seconds: float = 0.0  # total time spent disconnected after the first connect
+    connected: bool = False
+    last_error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("_lock", None)
+        return d
+
+
+class EventSource(Protocol):
+    """Reads events on its own thread(s) and calls the sink with each decoded batch."""
+
+    counters: IngestCounters
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
