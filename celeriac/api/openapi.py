@@ -1,0 +1,169 @@
+"""The OpenAPI description of every endpoint, served at ``/api/openapi.json``.
+
+Written out by hand, endpoint by endpoint, because the contract is Flower's and must not drift
+with refactors; a test checks that every route is described.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from celeriac import __version__
+from celeriac.api.responses import json_response
+
+_TEXT_ERROR = {"description": "Error", "content": {"text/plain": {"schema": {"type": "string"}}}}
+_MESSAGE = {
+    "type": "object",
+    "properties": {"message": {"type": "string"}},
+    "required": ["message"],
+}
+_TASK = {
+    "type": "object",
+    "properties": {
+        k: {} for k in (
+            "uuid", "name", "state", "args", "kwargs", "result", "exception", "traceback",
+            "received", "started", "succeeded", "failed", "retried", "revoked", "sent", "eta",
+            "expires", "retries", "runtime", "timestamp", "clock", "worker", "client",
+            "exchange", "routing_key", "parent_id", "root_id",
+        )
+    },
+}
+_TASK_RESULT = {
+    "type": "object",
+    "properties": {
+        "task-id": {"type": "string"},
+        "state": {"type": "string"},
+        "result": {},
+        "traceback": {"type": ["string", "null"]},
+    },
+    "required": ["task-id", "state"],
+}
+_TASK_BODY = {
+    "required": False,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "args": {"type": "array"},
+                    "kwargs": {"type": "object"},
+                    "countdown": {"type": "number"},
+                    "eta": {"type": "string", "format": "date-time"},
+                    "expires": {},
+                    "queue": {"type": "string"},
+                },
+                "additionalProperties": True,
+            }
+        }
+    },
+}
+
+
+def _param(name: str, kind: str = "string", where: str = "query", **extra: Any) -> dict[str, Any]:
+    required = where == "path"
+    return {"name": name, "in": where, "required": required, "schema": {"type": kind, **extra}}
+
+
+def _op(
+    summary: str,
+    schema: dict[str, Any],
+    params: list[dict[str, Any]] | None = None,
+    errors: tuple[int, ...] = (400,),
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "parameters": params or [],
+        "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": schema}}},
+            "401": _TEXT_ERROR,
+            **{str(code): _TEXT_ERROR for code in errors},
+        },
+    }
+    if body is not None:
+        op["requestBody"] = body
+    return op
+
+
+def _worker_op(summary: str, *params: dict[str, Any]) -> dict[str, Any]:
+    return {"post": _op(summary, _MESSAGE, [_param("name", where="path"), *params],
+                        (400, 403, 404, 504))}
+
+
+def spec(prefix: str = "") -> dict[str, Any]:
+    boolean = {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]}
+    task_id = _param("task_id", where="path")
+    name = _param("name", where="path")
+    paths: dict[str, Any] = {
+        "/healthcheck": {"get": {"summary": "Liveness", "responses": {"200": {
+            "description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/api/workers": {"get": _op(
+            "List workers", {"type": "object"},
+            [{"name": n, "in": "query", "required": False, "schema": boolean}
+             for n in ("refresh", "status")] + [_param("workername")], (400, 404))},
+        "/api/worker/shutdown/{name}": _worker_op("Shut down a worker"),
+        "/api/worker/pool/restart/{name}": _worker_op("Restart a worker's pool"),
+        "/api/worker/pool/grow/{name}": _worker_op(
+            "Grow a worker's pool", _param("n", "integer", minimum=1)),
+        "/api/worker/pool/shrink/{name}": _worker_op(
+            "Shrink a worker's pool", _param("n", "integer", minimum=1)),
+        "/api/worker/pool/autoscale/{name}": _worker_op(
+            "Autoscale a worker's pool", _param("min", "integer", minimum=0),
+            _param("max", "integer", minimum=1)),
+        "/api/worker/queue/add-consumer/{name}": _worker_op(
+            "Start consuming from a queue", _param("queue")),
+        "/api/worker/queue/cancel-consumer/{name}": _worker_op(
+            "Stop consuming from a queue", _param("queue")),
+        "/api/queues/length": {"get": _op("Length of every active queue", {"type": "object"})},
+        "/api/tasks": {"get": _op(
+            "List tasks, newest first",
+            {"type": "object", "additionalProperties": _TASK},
+            [_param("limit", "integer", minimum=0), _param("offset", "integer", minimum=0),
+             _param("sort_by", enum=["name", "-name", "received", "-received", "started",
+                                     "-started", "state", "-state"]),
+             _param("workername"), _param("taskname"), _param("state"),
+             _param("received_start"), _param("received_end"), _param("search")])},
+        "/api/task/types": {"get": _op("Task names seen", {"type": "object"})},
+        "/api/task/info/{task_id}": {"get": _op("A task's details", _TASK, [task_id], (404,))},
+        "/api/task/result/{task_id}": {"get": _op(
+            "A task's result", _TASK_RESULT, [task_id, _param("timeout", "number", minimum=0)])},
+        "/api/task/apply/{name}": {"post": _op(
+            "Run a task and wait for its result", _TASK_RESULT, [name], (400, 404), _TASK_BODY)},
+        "/api/task/async-apply/{name}": {"post": _op(
+            "Send a task", _TASK_RESULT, [name], (400, 404), _TASK_BODY)},
+        "/api/task/send-task/{name}": {"post": _op(
+            "Send a task by name", _TASK_RESULT, [name], (400,), _TASK_BODY)},
+        "/api/task/abort/{task_id}": {"post": _op("Abort a task", _MESSAGE, [task_id], (503,))},
+        "/api/task/revoke/{task_id}": {"post": _op(
+            "Revoke a task", _MESSAGE,
+            [task_id, {"name": "terminate", "in": "query", "required": False, "schema": boolean},
+             _param("signal")])},
+        "/api/task/timeout/{name}": {"post": _op(
+            "Set a task type's time limits on a worker", _MESSAGE,
+            [name, _param("workername"), _param("soft", "number"), _param("hard", "number")],
+            (400, 403, 404, 504))},
+        "/api/task/rate-limit/{name}": {"post": _op(
+            "Set a task type's rate limit on a worker", _MESSAGE,
+            [name, _param("workername"), _param("ratelimit")], (400, 403, 404, 504))},
+        "/api/celeriac/status": {"get": _op("celeriac's ingest health", {"type": "object"})},
+        "/api/openapi.json": {"get": _op("This description", {"type": "object"})},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "celeriac (Flower-compatible API)", "version": __version__},
+        "servers": [{"url": prefix or "/"}],
+        "components": {"securitySchemes": {"basic": {"type": "http", "scheme": "basic"}}},
+        "security": [{"basic": []}, {}],
+        "paths": paths,
+    }
+
+
+async def openapi(request: Request) -> Response:
+    return json_response(spec(request.app.state.settings.prefix))
+
+
+routes = [Route("/api/openapi.json", openapi, methods=["GET"])]

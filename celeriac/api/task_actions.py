@@ -1,0 +1,226 @@
+"""Task actions: run, send, revoke, abort, and per-task-type limits on a worker."""
+
+from __future__ import annotations
+
+import signal as signals
+from datetime import datetime
+from typing import Any
+
+from celery.contrib.abortable import AbortableAsyncResult
+from celery.result import AsyncResult
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from celeriac.api.errors import APIError
+from celeriac.api.params import arguments, get_bool, get_float, get_str, json_object
+from celeriac.api.responses import json_response, task_result_fields
+from celeriac.api.tasks import cluster_of
+from celeriac.cluster import Cluster
+
+#: The longest ``apply`` waits for a result when no timeout is given.
+MAX_APPLY_WAIT = 24 * 3600.0
+
+
+async def task_arguments(request: Request) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """``args``, ``kwargs`` and the remaining apply_async options of a JSON body."""
+    options = await json_object(request)
+    args = options.pop("args", [])
+    kwargs = options.pop("kwargs", {})
+    if args is None:
+        args = []
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(args, list):
+        raise APIError(400, "args must be an array")
+    if not isinstance(kwargs, dict):
+        raise APIError(400, "kwargs must be an object")
+    return args, kwargs, _normalise_options(options)
+
+
+def _normalise_options(options: dict[str, Any]) -> dict[str, Any]:
+    try:
+        if "countdown" in options:
+            options["countdown"] = _number(options["countdown"])
+        if "eta" in options:
+            options["eta"] = _datetime(options["eta"])
+        if "expires" in options:
+            value = options["expires"]
+            options["expires"] = (
+                _datetime(value) if isinstance(value, str) and not _is_number(value)
+                else _number(value)
+            )
+    except (TypeError, ValueError):
+        raise APIError(400, "Invalid option") from None
+    for key in ("queue", "routing_key", "exchange"):
+        if key in options and not isinstance(options[key], str):
+            raise APIError(400, "Invalid option")
+    return options
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(value)
+    return number
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _datetime(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return datetime.fromisoformat(value)
+
+
+def _registered(cluster: Cluster, name: str) -> Any:
+    task = cluster.app.tasks.get(name)
+    if task is None:
+        raise APIError(404, f"Unknown task '{name}'")
+    return task
+
+
+def _state(result: AsyncResult) -> str:
+    try:
+        return str(result.state)
+    except Exception:  # no result backend configured: nothing to read
+        return "PENDING"
+
+
+async def apply(request: Request) -> Response:
+    cluster = cluster_of(request)
+    name = request.path_params["name"]
+    args, kwargs, options = await task_arguments(request)
+    timeout = options.pop("timeout", None)
+    if timeout is not None:
+        try:
+            timeout = min(max(_number(timeout), 0.0), MAX_APPLY_WAIT)
+        except (TypeError, ValueError):
+            raise APIError(400, "Invalid timeout") from None
+    task = _registered(cluster, name)
+    result = await cluster.control.run(task.apply_async, args=args, kwargs=kwargs, **options)
+
+    def wait() -> dict[str, Any]:
+        try:
+            result.get(timeout=timeout or MAX_APPLY_WAIT, propagate=False)
+        except Exception:  # timed out: answer with the state so far, without a result
+            return {"task-id": result.id, "state": _state(result)}
+        return task_result_fields(result.id, result)
+
+    return json_response(await cluster.control.run(wait))
+
+
+async def async_apply(request: Request) -> Response:
+    cluster = cluster_of(request)
+    name = request.path_params["name"]
+    args, kwargs, options = await task_arguments(request)
+    task = _registered(cluster, name)
+    result = await cluster.control.run(task.apply_async, args=args, kwargs=kwargs, **options)
+    state = await cluster.control.run(_state, result)
+    return json_response({"task-id": result.id, "state": state})
+
+
+async def send_task(request: Request) -> Response:
+    cluster = cluster_of(request)
+    name = request.path_params["name"]
+    args, kwargs, options = await task_arguments(request)
+    result = await cluster.control.run(
+        cluster.app.send_task, name, args=args, kwargs=kwargs, **options
+    )
+    state = await cluster.control.run(_state, result)
+    return json_response({"task-id": result.id, "state": state})
+
+
+async def abort(request: Request) -> Response:
+    cluster = cluster_of(request)
+    task_id = request.path_params["task_id"]
+    result = AbortableAsyncResult(task_id, app=cluster.app)
+    try:
+        await cluster.control.run(result.abort)
+    except NotImplementedError:
+        raise APIError(503, "Abort needs a result backend (--result-backend)") from None
+    return json_response({"message": f"Aborted '{task_id}'"})
+
+
+async def revoke(request: Request) -> Response:
+    cluster = cluster_of(request)
+    task_id = request.path_params["task_id"]
+    args = await arguments(request)
+    terminate = get_bool(args, "terminate")
+    sig = get_str(args, "signal") or "SIGTERM"
+    name = sig.upper() if sig.upper().startswith("SIG") else f"SIG{sig.upper()}"
+    if not sig.isdigit() and not hasattr(signals.Signals, name):
+        raise APIError(400, f"Invalid signal '{sig}'")
+    await cluster.control.run(
+        cluster.app.control.revoke, task_id, terminate=terminate, signal=sig
+    )
+    return json_response({"message": f"Revoked '{task_id}'"})
+
+
+def _known_task_name(cluster: Cluster, name: str) -> bool:
+    if name in cluster.app.tasks:
+        return True
+    for info in cluster.worker_info.values():
+        if name in (info.get("registered") or ()):
+            return True
+    return name in cluster.store.task_types()
+
+
+async def time_limit(request: Request) -> Response:
+    cluster = cluster_of(request)
+    name = request.path_params["name"]
+    args = await arguments(request)
+    workername = get_str(args, "workername", required=True)
+    hard = get_float(args, "hard")
+    soft = get_float(args, "soft")
+    if not _known_task_name(cluster, name):
+        raise APIError(404, f"Unknown task '{name}'")
+    assert workername is not None
+    if not cluster.is_worker(workername):
+        raise APIError(404, f"Unknown worker '{workername}'")
+    reply = await cluster.control.command(
+        workername, "time_limit", {"task_name": name, "hard": hard, "soft": soft}
+    )
+    if reply is None or "error" in reply:
+        error = "no reply from the worker" if reply is None else reply["error"]
+        raise APIError(403 if reply else 504, f"Failed to set timeouts: '{error}'")
+    return json_response({"message": "time limits set successfully"})
+
+
+async def rate_limit(request: Request) -> Response:
+    cluster = cluster_of(request)
+    name = request.path_params["name"]
+    args = await arguments(request)
+    workername = get_str(args, "workername", required=True)
+    ratelimit = get_str(args, "ratelimit", required=True)
+    if not _known_task_name(cluster, name):
+        raise APIError(404, f"Unknown task '{name}'")
+    assert workername is not None
+    if not cluster.is_worker(workername):
+        raise APIError(404, f"Unknown worker '{workername}'")
+    reply = await cluster.control.command(
+        workername, "rate_limit", {"task_name": name, "rate_limit": ratelimit}
+    )
+    if reply is None or "error" in reply:
+        error = "no reply from the worker" if reply is None else reply["error"]
+        raise APIError(403 if reply else 504, f"Failed to set rate limit: '{error}'")
+    return json_response({"message": "new rate limit set successfully"})
+
+
+routes = [
+    Route("/api/task/apply/{name:path}", apply, methods=["POST"]),
+    Route("/api/task/async-apply/{name:path}", async_apply, methods=["POST"]),
+    Route("/api/task/send-task/{name:path}", send_task, methods=["POST"]),
+    Route("/api/task/abort/{task_id:path}", abort, methods=["POST"]),
+    Route("/api/task/revoke/{task_id:path}", revoke, methods=["POST"]),
+    Route("/api/task/timeout/{name:path}", time_limit, methods=["POST"]),
+    Route("/api/task/rate-limit/{name:path}", rate_limit, methods=["POST"]),
+]

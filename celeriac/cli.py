@@ -1,0 +1,119 @@
+"""The command line: parse flags, build settings, hand over. ``celeriac`` serves by default.
+
+Flower's option names are kept (``--max_tasks`` spelled with ``_`` works too), so a Flower
+command line can be switched to celeriac by changing the program name.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from celeriac import __version__
+from celeriac.settings import Settings, SettingsError
+
+
+def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The serve options, shared by ``celeriac`` and ``celery celeriac``."""
+    opts = [
+        click.option("--broker", "-b", help="Broker URL (CELERIAC_BROKER)."),
+        click.option("--result-backend", "--result_backend", "result_backend",
+                     help="Result backend URL, for task results and apply."),
+        click.option("--address", help="Address to listen on [127.0.0.1]."),
+        click.option("--port", type=int, help="Port to listen on [5555]."),
+        click.option("--url-prefix", "--url_prefix", "url_prefix",
+                     help="Serve under this path, behind a reverse proxy."),
+        click.option("--basic-auth", "--basic_auth", "basic_auth",
+                     help="user:password[,user:password...] for HTTP basic auth."),
+        click.option("--unauthenticated-api", "--unauthenticated_api", "unauthenticated_api",
+                     is_flag=True, default=None,
+                     help="Allow the API without credentials (FLOWER_UNAUTHENTICATED_API)."),
+        click.option("--max-tasks", "--max_tasks", "max_tasks", type=int,
+                     help="How many tasks to keep [100000]."),
+        click.option("--inspect-timeout", "--inspect_timeout", "inspect_timeout", type=float,
+                     help="Inspect timeout in milliseconds [1000]."),
+        click.option("--purge-offline-workers", "--purge_offline_workers",
+                     "purge_offline_workers", type=float,
+                     help="Forget workers offline for this many seconds."),
+        click.option("--db", help="Task store: a SQLite path, or :memory: [memory]."),
+        click.option("--event-queue", "--event_queue", "event_queue",
+                     help="RabbitMQ: a stable event queue name, kept across restarts."),
+        click.option("--log-level", "--log_level", "log_level",
+                     type=click.Choice(["debug", "info", "warning", "error"]),
+                     help="Log level [info]."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _serve(flags: dict[str, Any], app: Any = None) -> None:
+    from celeriac.cluster import BrokerUnreachable, Cluster
+    from celeriac.server import serve
+
+    try:
+        settings = Settings.build(flags)
+        _setup_logging(settings.log_level)
+        cluster = Cluster(settings, app=app)
+        cluster.check_broker()
+    except SettingsError as exc:
+        _fail(f"invalid setting: {exc}", code=2)
+    except BrokerUnreachable as exc:
+        _fail(str(exc), code=1)
+    if settings.address not in ("127.0.0.1", "localhost", "::1") and not (
+        settings.basic_auth or settings.unauthenticated_api
+    ):
+        logging.getLogger("celeriac").warning(
+            "listening on %s with no credentials configured: the API answers 401 to everyone",
+            settings.address,
+        )
+    serve(settings, cluster)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"celeriac: {message}", err=True)
+    sys.exit(code)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--app", "-A", "app", help="Celery app module, as in celery -A (CELERIAC_APP).")
+@_options
+@click.version_option(__version__, prog_name="celeriac")
+@click.pass_context
+def main(ctx: click.Context, **flags: Any) -> None:
+    """Monitor and control a Celery cluster; serves Flower's REST API and a web UI."""
+    if ctx.invoked_subcommand is None:
+        _serve(flags)
+
+
+@main.command()
+@click.option("--port", type=int, default=5555, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Demo workers to start.")
+@click.option("--rate", type=float, default=2.0, show_default=True, help="Demo tasks a second.")
+def demo(port: int, workers: int, rate: float) -> None:
+    """Run everything on this machine: an embedded broker, real workers, a stream of tasks."""
+    from celeriac.demo.runner import run_demo
+
+    _setup_logging("info")
+    run_demo(port=port, workers=workers, rate=rate)
+
+
+@click.command(name="celeriac", context_settings={"help_option_names": ["-h", "--help"]})
+@_options
+@click.pass_context
+def celery_command(ctx: click.Context, **flags: Any) -> None:
+    """celeriac as a Celery subcommand: ``celery -A proj celeriac``."""
+    app = ctx.obj.app if ctx.obj is not None else None
+    if app is not None and not flags.get("broker"):
+        flags["broker"] = app.conf.broker_url
+    _serve(flags, app=app)

@@ -1,0 +1,153 @@
+"""One watched Celery cluster: its app, event source, live state, store and control.
+
+The web layer holds a Cluster and nothing else; the Cluster wires the one-way flow
+broker -> events -> state -> store, and owns the lifecycle of every part.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from celery import Celery
+
+from celeriac.control import INSPECT_ALWAYS, INSPECT_DETAIL, Control
+from celeriac.events.base import EventSource
+from celeriac.settings import Settings, SettingsError, redact_url
+from celeriac.state import State
+from celeriac.store.base import TaskStore
+from celeriac.store.memory import MemoryStore
+
+log = logging.getLogger("celeriac")
+
+
+class BrokerUnreachable(RuntimeError):
+    pass
+
+
+def load_app(settings: Settings) -> Celery:
+    """The Celery app: imported like ``celery -A`` does, or a bare one for the broker given."""
+    if settings.app:
+        from celery.app.utils import find_app
+
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            app = find_app(settings.app)
+        except Exception as exc:
+            raise SettingsError(f"app: cannot load {settings.app!r}: {exc}") from None
+        if not isinstance(app, Celery):
+            raise SettingsError(f"app: {settings.app!r} is not a Celery app")
+    else:
+        app = Celery("celeriac", set_as_current=False)
+    return configure_app(app, settings)
+
+
+def configure_app(app: Celery, settings: Settings) -> Celery:
+    """Apply the flags that override the app's own configuration."""
+    if settings.broker:
+        app.conf.broker_url = settings.broker
+    if settings.result_backend:
+        app.conf.result_backend = settings.result_backend
+    if not app.conf.broker_url:
+        raise SettingsError("broker: no broker URL (give --broker or CELERIAC_BROKER)")
+    app.conf.broker_connection_retry_on_startup = True
+    return app
+
+
+def open_store(settings: Settings) -> TaskStore:
+    if settings.db and settings.db != ":memory:":
+        from celeriac.store.sqlite import SqliteStore
+
+        return SqliteStore(settings.db, max_tasks=settings.max_tasks)
+    return MemoryStore(settings.max_tasks)
+
+
+def open_source(settings: Settings, app: Celery, state: State, control: Control) -> EventSource:
+    from celeriac.events.kombu import KombuEventSource
+
+    return KombuEventSource(app, state.apply, wake=control.wake_workers)
+
+
+class Cluster:
+    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+        self.settings = settings
+        self.app = configure_app(app, settings) if app is not None else load_app(settings)
+        self.broker_url = redact_url(self.app.conf.broker_url or "")
+        self.store = open_store(settings)
+        self.state = State(self.store)
+        self.control = Control(self.app, settings.inspect_timeout_s)
+        self.source = open_source(settings, self.app, self.state, self.control)
+        # Worker details from inspect replies, kept across refreshes: {hostname: info}.
+        self.worker_info: dict[str, dict[str, Any]] = {}
+        self.started_at = time.time()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def check_broker(self, timeout: float = 5.0) -> None:
+        """Fail fast with one clear line when the broker cannot be reached at start-up."""
+        try:
+            with self.app.connection_for_read() as conn:
+                conn.ensure_connection(max_retries=1, timeout=timeout)
+        except Exception as exc:
+            raise BrokerUnreachable(
+                f"cannot connect to broker {self.broker_url}: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def start(self) -> None:
+        self.store.start()
+        self.source.start()
+        log.info("watching %s", self.broker_url)
+
+    def close(self) -> None:
+        self.source.close()
+        self.control.close()
+        self.store.close()
+
+    # -- workers ----------------------------------------------------------------------------
+    def known_workers(self) -> set[str]:
+        return set(self.worker_info) | set(self.state.worker_status())
+
+    def is_worker(self, name: str | None) -> bool:
+        return bool(name) and name in self.known_workers()
+
+    async def refresh_workers(self, workername: str | None = None) -> None:
+        """Inspect the cluster and merge the replies into ``worker_info``."""
+        if workername:
+            targets: list[str] | None = [workername]
+            expected: int | None = 1
+            methods = INSPECT_ALWAYS + INSPECT_DETAIL
+        else:
+            targets = None
+            online = self.state.online_workers()
+            # Waiting for exactly the workers we know are alive makes a refresh take
+            # milliseconds; with none known we must wait out the timeout to find any.
+            expected = len(online) or None
+            methods = INSPECT_ALWAYS
+        replies = await self.control.inspect(methods, targets, expected)
+        now = time.time()
+        for worker, info in replies.items():
+            entry = self.worker_info.setdefault(worker, {})
+            entry.update(info)
+            entry["timestamp"] = now
+        self._purge_offline()
+
+    def _purge_offline(self) -> None:
+        limit = self.settings.purge_offline_workers
+        if limit is None:
+            return
+        now = time.time()
+        for name in list(self.worker_info):
+            since = self.state.offline_since(name)
+            if since is not None and now - since > limit:
+                self.worker_info.pop(name, None)
+                self.state.forget_worker(name)
+
+    def worker_status(self) -> dict[str, bool]:
+        status = self.state.worker_status()
+        self._purge_offline()
+        if self.settings.purge_offline_workers is not None:
+            status = {k: v for k, v in status.items() if k in self.state.worker_status()}
+        return status

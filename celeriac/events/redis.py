@@ -1,0 +1,365 @@
+"""The Redis event reader: its own socket, hiredis, and nothing between the wire and the sink.
+
+Celery publishes events on Redis with PUBLISH; nothing is stored. Redis drops a subscriber whose
+output buffer passes ``client-output-buffer-limit pubsub`` (32 MB by default), and every event
+published until it resubscribes is lost. Celery's receiver (kombu + redis-py) reads about 17,000
+events a second, so a busy cluster outruns it. This reader keeps up with the wire instead:
+
+- one thread, one plain socket, PSUBSCRIBE ``/{db}.celeryev/*``, ``recv_into`` a fixed buffer;
+- hiredis parses the replies, fed in slices of at most 16 KiB (it slows down on bigger feeds);
+- the envelopes of one read are decoded together (:mod:`celeriac.events.decode`) and handed to
+  the sink as one list, so the per-event cost is decode plus the sink's dict merge.
+
+When the connection drops it reconnects at once (backing off only while refused), resubscribes,
+counts the gap and the time it was blind, logs one line, and calls ``wake`` (the caller's
+heartbeat broadcast) so that workers announce themselves again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import hiredis
+
+from celeriac.constants import REDIS_EVENT_CHANNEL
+from celeriac.events.base import EventSink, IngestCounters
+from celeriac.events.decode import Decoded, redis_messages
+from celeriac.settings import redact_url
+
+log = logging.getLogger("celeriac.events")
+
+FEED_SLICE = 16 * 1024  # hiredis is quadratic on big feeds
+RECV_SIZE = 256 * 1024
+POLL_S = 0.5  # socket timeout: how often the loop looks at close() and liveness
+PING_AFTER_S = 10.0  # idle this long: send a PING to prove the connection is alive
+DEAD_AFTER_S = 30.0  # idle this long (PING unanswered): the connection is dead
+CONNECT_TIMEOUT_S = 5.0
+BACKOFF_MAX_S = 1.0  # every second blind may be events lost: never wait longer to retry
+
+
+class RedisProtocolError(ConnectionError):
+    """Redis answered something a subscriber cannot go on from (auth refused, error reply)."""
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where and how to connect, parsed from a kombu / redis-py style URL."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    unix_path: str | None = None
+    tls: bool = False
+    tls_verify: bool = True
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisAddress:
+        """``redis://[[user]:pass@]host[:port][/db]``, ``rediss://``, ``unix:///path?db=N``
+        (also kombu's ``redis+socket://`` and ``socket://``); ``virtual_host`` works as ``db``.
+        """
+        parts = urlsplit(url)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        scheme = parts.scheme.lower()
+        db_text = query.get("db") or query.get("virtual_host") or ""
+        unix_path = None
+        if scheme in ("unix", "socket", "redis+socket"):
+            unix_path = unquote(parts.path)
+        elif scheme in ("redis", "rediss"):
+            db_text = db_text or parts.path
+        else:
+            raise ValueError(f"not a Redis URL: {redact_url(url)}")
+        db_text = db_text.strip("/") or "0"
+        if not db_text.isdigit():
+            raise ValueError(f"Redis database must be a number, got {db_text!r}")
+        reqs = query.get("ssl_cert_reqs", "required").lower()
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            db=int(db_text),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            unix_path=unix_path,
+            tls=scheme == "rediss",
+            tls_verify=reqs not in ("none", "cert_none"),
+            tls_ca=query.get("ssl_ca_certs"),
+            tls_cert=query.get("ssl_certfile"),
+            tls_key=query.get("ssl_keyfile"),
+        )
+
+    def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> socket.socket:
+        if self.unix_path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(self.unix_path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if not self.tls:
+            return sock
+        ctx = ssl.create_default_context(cafile=self.tls_ca)
+        if not self.tls_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.tls_cert:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        try:
+            return ctx.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def resp_command(*args: str | bytes) -> bytes:
+    """One command in the Redis protocol (RESP2)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else arg
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def glob_escape(text: str) -> str:
+    """Escape PSUBSCRIBE's glob characters in a literal channel prefix."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class RedisEventSource:
+    """Reads Celery's events from Redis pub/sub on its own thread and feeds them to ``sink``.
+
+    ``key_prefix`` is kombu's ``global_keyprefix`` transport option, if the cluster uses one.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        sink: EventSink,
+        *,
+        wake: Callable[[], None] | None = None,
+        key_prefix: str = "",
+    ) -> None:
+        self.address = RedisAddress.from_url(url)
+        self.url = redact_url(url)
+        self.channel_prefix = key_prefix + REDIS_EVENT_CHANNEL.format(db=self.address.db)
+        self.pattern = glob_escape(self.channel_prefix) + "*"
+        self.counters = IngestCounters()
+        self._sink = sink
+        self._wake = wake
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._subscribed = threading.Event()
+        self._reader = hiredis.Reader()
+        self._sink_error_logged = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("RedisEventSource already started")
+        self._thread = threading.Thread(target=self._run, name="celeriac-redis-events", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop reading; returns within about a second (the socket is shut to wake the thread)."""
+        self._stop.set()
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2 * POLL_S + 0.5)
+        self.counters.connected = False
+
+    def wait_subscribed(self, timeout: float | None = None) -> bool:
+        """Block until the first PSUBSCRIBE is confirmed (for tests, benchmarks and startup)."""
+        return self._subscribed.wait(timeout)
+
+    # -- the connection loop ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        lost_at: float | None = None  # monotonic time the stream was lost; None while fine
+        backoff = 0.0
+        while not self._stop.is_set():
+            sock = None
+            try:
+                sock = self._subscribe()
+                backoff = 0.0
+                self.counters.connected = True
+                if lost_at is not None:
+                    self._record_gap(time.monotonic() - lost_at)
+                    lost_at = None
+                self._subscribed.set()
+                self._call_wake()
+                self._pump(sock)
+            except (OSError, RedisProtocolError, hiredis.ProtocolError) as exc:
+                if self._stop.is_set():
+                    break
+                self.counters.last_error = f"{type(exc).__name__}: {exc}"
+                if self.counters.connected:
+                    lost_at = time.monotonic()
+                    self.counters.connected = False
+                    log.warning("redis events: lost %s (%s)", self.url, self.counters.last_error)
+                elif lost_at is None and self._subscribed.is_set():
+                    lost_at = time.monotonic()
+                if sock is None:  # could not connect: back off a little, never long
+                    self._stop.wait(backoff)
+                    backoff = min(BACKOFF_MAX_S, backoff * 2 or 0.05)
+            except Exception as exc:  # a bug or a sink error: log it loudly, keep reading
+                self.counters.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("redis events: reader error; reconnecting")
+                if self.counters.connected:
+                    lost_at = time.monotonic()
+                    self.counters.connected = False
+                self._stop.wait(0.05)
+            finally:
+                self._sock = None
+                if sock is not None:
+                    sock.close()
+        self.counters.connected = False
+
+    def _record_gap(self, blind: float) -> None:
+        c = self.counters
+        c.reconnects += 1
+        c.gaps += 1
+        c.blind_seconds += blind
+        log.warning(
+            "redis events: resubscribed to %s after %.3f s blind (gap %d); events published "
+            "meanwhile are lost, asking workers for a heartbeat",
+            self.url,
+            blind,
+            c.gaps,
+        )
+
+    def _call_wake(self) -> None:
+        """Run ``wake`` on a thread of its own: a slow broadcast must not stall the reader."""
+        wake = self._wake
+        if wake is None:
+            return
+
+        def run() -> None:
+            try:
+                wake()
+            except Exception as exc:
+                log.info("redis events: could not wake workers: %s", exc)
+
+        threading.Thread(target=run, name="celeriac-wake", daemon=True).start()
+
+    def _sink_failed(self, exc: Exception) -> None:
+        self.counters.last_error = f"sink: {type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if now - self._sink_error_logged > 10.0:
+            self._sink_error_logged = now
+            log.exception("redis events: the sink failed on a batch (logged once per 10 s)")
+
+    def _subscribe(self) -> socket.socket:
+        """Connect, authenticate, PSUBSCRIBE, and return once Redis confirmed the pattern."""
+        sock = self.address.connect()
+        self._sock = sock
+        try:
+            return self._handshake(sock)
+        except BaseException:
+            self._sock = None
+            sock.close()
+            raise
+
+    def _handshake(self, sock: socket.socket) -> socket.socket:
+        a = self.address
+        if self._stop.is_set():  # close() ran while we were connecting
+            raise OSError("closing")
+        commands = []
+        if a.password is not None:
+            auth = (a.username, a.password) if a.username else (a.password,)
+            commands.append(resp_command("AUTH", *auth))
+        commands.append(resp_command("CLIENT", "SETNAME", "celeriac-events"))
+        commands.append(resp_command("PSUBSCRIBE", self.pattern))
+        sock.sendall(b"".join(commands))
+        reader = hiredis.Reader()
+        replies: list[Any] = []
+        while len(replies) < len(commands):
+            data = sock.recv(FEED_SLICE)
+            if not data:
+                raise ConnectionError("connection closed while subscribing")
+            reader.feed(data)
+            while (reply := reader.gets()) is not False:
+                replies.append(reply)
+        if a.password is not None and isinstance(replies[0], hiredis.ReplyError):
+            raise RedisProtocolError(f"AUTH refused: {replies[0]}")
+        confirm = replies[-1]
+        if not (isinstance(confirm, list) and confirm[:1] == [b"psubscribe"]):
+            raise RedisProtocolError(f"PSUBSCRIBE refused: {confirm!r}")
+        sock.settimeout(POLL_S)
+        self._reader = reader  # anything read past the confirmation stays in the reader
+        return sock
+
+    def _pump(self, sock: socket.socket) -> None:
+        """Read until the connection fails or close() is called. The hot loop."""
+        reader = self._reader
+        feed, gets = reader.feed, reader.gets
+        buf = bytearray(RECV_SIZE)
+        recv_into = sock.recv_into
+        sink = self._sink
+        counters = self.counters
+        stop = self._stop.is_set
+        last_data = time.monotonic()
+        pinged = False
+        n = 0  # bytes to feed; the first round drains what _subscribe already fed
+        while not stop():
+            datas: list[bytes] = []
+            off = 0
+            while True:
+                while (reply := gets()) is not False:
+                    if type(reply) is list and reply[0] == b"pmessage":
+                        datas.append(reply[3])
+                    elif isinstance(reply, hiredis.ReplyError):
+                        raise RedisProtocolError(f"error reply: {reply}")
+                    # anything else: PONG or a subscribe confirmation
+                if off >= n:
+                    break
+                step = n - off if n - off < FEED_SLICE else FEED_SLICE
+                feed(buf, off, step)  # type: ignore[arg-type]
+                off += step
+            if datas:
+                out = Decoded()
+                redis_messages(datas, out)
+                counters.messages += out.messages
+                counters.malformed += out.malformed
+                if out.events:
+                    counters.received += len(out.events)
+                    try:
+                        sink(out.events)
+                    except Exception as exc:  # the sink's bug must not cost us the stream
+                        self._sink_failed(exc)
+            try:
+                n = recv_into(buf)
+            except TimeoutError:
+                n = 0
+                idle = time.monotonic() - last_data
+                if idle > DEAD_AFTER_S:
+                    raise ConnectionError(f"no answer from Redis for {idle:.0f} s") from None
+                if idle > PING_AFTER_S and not pinged:
+                    sock.sendall(resp_command("PING"))
+                    pinged = True
+                continue
+            if n == 0:
+                raise ConnectionError("connection closed by Redis")
+            last_data = time.monotonic()
+            pinged = False

@@ -1,0 +1,252 @@
+"""The live picture of a cluster: workers from heartbeats, tasks merged from their events.
+
+Events of one task come from different processes and can arrive out of order, duplicated or
+late. The merge rules, in one place:
+
+- a final state (SUCCESS, FAILURE, REVOKED, REJECTED) is never undone by a later event;
+- between non-final states the event with the higher Lamport ``clock`` wins, and on a tie the
+  state further along (RETRY -> RECEIVED again is a new attempt, so it carries a higher clock);
+- fields are only ever filled, never blanked: a late ``task-received`` still supplies name,
+  args and kwargs to a task that already finished.
+
+Every changed record goes to the store at once (``store.put`` is cheap); the state keeps the
+tasks still in flight and a bounded cache of recent ones, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celeriac.constants import FINAL_STATES, TASK_EVENT_STATES, TASK_FIELDS
+from celeriac.events.base import Event
+from celeriac.store.base import TaskRecord, TaskStore
+
+#: Progress of a task through its non-final states, to break clock ties.
+_RANK = {"PENDING": 0, "RECEIVED": 1, "STARTED": 2, "RETRY": 3}
+
+#: Event fields copied onto the task record, by event type (beyond the timestamps).
+_TASK_PAYLOAD: dict[str, tuple[str, ...]] = {
+    "task-sent": ("name", "args", "kwargs", "retries", "eta", "expires", "exchange",
+                  "routing_key", "root_id", "parent_id"),
+    "task-received": ("name", "args", "kwargs", "retries", "eta", "expires", "root_id",
+                      "parent_id"),
+    "task-started": (),
+    "task-succeeded": ("result", "runtime"),
+    "task-failed": ("exception", "traceback"),
+    "task-retried": ("exception", "traceback"),
+    "task-revoked": (),
+    "task-rejected": (),
+}
+
+#: Worker fields taken from worker events.
+_WORKER_PAYLOAD = ("freq", "active", "processed", "loadavg", "sw_ident", "sw_ver", "sw_sys", "pid")
+
+#: A worker is offline after this many heartbeat intervals without one.
+HEARTBEAT_MISSES = 3
+
+
+def new_record(uuid: str) -> TaskRecord:
+    rec: TaskRecord = dict.fromkeys(TASK_FIELDS)
+    rec["uuid"] = uuid
+    rec["state"] = "PENDING"
+    rec["children"] = []
+    return rec
+
+
+@dataclass
+class WorkerState:
+    hostname: str
+    first_seen: float
+    last_seen: float = 0.0  # local receive time of the last worker event
+    freq: float = 2.0
+    offline_event: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def online(self, now: float) -> bool:
+        if self.offline_event:
+            return False
+        return now - self.last_seen <= self.freq * HEARTBEAT_MISSES + 1.0
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "hostname": self.hostname,
+            "online": self.online(now),
+            "last_heartbeat": self.last_seen or None,
+            **self.fields,
+        }
+
+
+class State:
+    """Merges events into task records and worker states. Thread-safe: one lock, short holds."""
+
+    def __init__(self, store: TaskStore, cache_size: int = 10_000) -> None:
+        self._store = store
+        self._cache_size = cache_size
+        self._tasks: OrderedDict[str, TaskRecord] = OrderedDict()
+        self._state_clock: dict[str, int] = {}
+        self._workers: dict[str, WorkerState] = {}
+        self._lock = threading.Lock()
+        self.applied = 0
+        self.ignored = 0
+        self.last_event_at: float | None = None
+
+    # -- ingest -----------------------------------------------------------------------------
+    def apply(self, events: Iterable[Event]) -> None:
+        """The event sink: merge a batch of decoded events."""
+        now = time.time()
+        with self._lock:
+            for ev in events:
+                try:
+                    kind = ev.get("type")
+                    if not isinstance(kind, str):
+                        self.ignored += 1
+                        continue
+                    if kind.startswith("task-"):
+                        self._apply_task(kind, ev)
+                    elif kind.startswith("worker-"):
+                        self._apply_worker(kind, ev, now)
+                    else:
+                        self.ignored += 1
+                        continue
+                    self.applied += 1
+                except (TypeError, ValueError, AttributeError):
+                    self.ignored += 1
+            self.last_event_at = now
+
+    def _apply_task(self, kind: str, ev: Event) -> None:
+        uuid = ev.get("uuid")
+        if not isinstance(uuid, str) or not uuid:
+            self.ignored += 1
+            return
+        rec = self._tasks.get(uuid)
+        if rec is None:
+            stored = self._store.get(uuid)
+            rec = stored if stored is not None else new_record(uuid)
+            self._tasks[uuid] = rec
+            self._evict()
+        else:
+            self._tasks.move_to_end(uuid)
+        ts = _float(ev.get("timestamp"))
+        clock = _int(ev.get("clock"))
+        known = TASK_EVENT_STATES.get(kind)
+        if known is not None:
+            new_state, ts_field = known
+            if ts is not None:
+                rec[ts_field] = ts
+            for key in _TASK_PAYLOAD[kind]:
+                value = ev.get(key)
+                if value is not None:
+                    rec[key] = value
+            self._merge_state(rec, uuid, new_state, clock)
+        hostname = ev.get("hostname")
+        if hostname:
+            if kind == "task-sent":
+                rec["client"] = hostname
+            else:
+                rec["worker"] = hostname
+        if ts is not None and (rec["timestamp"] is None or ts > rec["timestamp"]):
+            rec["timestamp"] = ts
+        if clock is not None and (rec["clock"] is None or clock > rec["clock"]):
+            rec["clock"] = clock
+        self._store.put(rec)
+
+    def _merge_state(self, rec: TaskRecord, uuid: str, new: str, clock: int | None) -> None:
+        current = rec["state"]
+        if current in FINAL_STATES:
+            return
+        if new not in FINAL_STATES and current != "PENDING":
+            old_clock = self._state_clock.get(uuid)
+            if clock is not None and old_clock is not None:
+                if clock < old_clock or (clock == old_clock and _RANK[new] < _RANK[current]):
+                    return
+            elif _RANK.get(new, 0) < _RANK.get(current, 0):
+                return
+        rec["state"] = new
+        if clock is not None:
+            self._state_clock[uuid] = clock
+
+    def _evict(self) -> None:
+        # Oldest-touched first; evicted records are already in the store.
+        while len(self._tasks) > self._cache_size:
+            old, _ = self._tasks.popitem(last=False)
+            self._state_clock.pop(old, None)
+
+    def _apply_worker(self, kind: str, ev: Event, now: float) -> None:
+        hostname = ev.get("hostname")
+        if not isinstance(hostname, str) or not hostname:
+            self.ignored += 1
+            return
+        w = self._workers.get(hostname)
+        if w is None:
+            w = self._workers[hostname] = WorkerState(hostname=hostname, first_seen=now)
+        for key in _WORKER_PAYLOAD:
+            if key in ev:
+                w.fields[key] = ev[key]
+        freq = _float(ev.get("freq"))
+        if freq:
+            w.freq = freq
+        if kind == "worker-offline":
+            w.offline_event = True
+        else:
+            w.offline_event = False
+            w.last_seen = now
+
+    # -- reads ------------------------------------------------------------------------------
+    def task(self, uuid: str) -> TaskRecord | None:
+        """The freshest copy of a task: live if in flight, else from the store."""
+        with self._lock:
+            rec = self._tasks.get(uuid)
+            live = dict(rec) if rec is not None else None
+        if live is None:
+            return self._store.get(uuid)
+        live["children"] = self._store.children(uuid)
+        return live
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        now = time.time()
+        with self._lock:
+            return {name: w.as_dict(now) for name, w in self._workers.items()}
+
+    def worker_status(self) -> dict[str, bool]:
+        now = time.time()
+        with self._lock:
+            return {name: w.online(now) for name, w in self._workers.items()}
+
+    def online_workers(self) -> list[str]:
+        return [name for name, up in self.worker_status().items() if up]
+
+    def forget_worker(self, hostname: str) -> None:
+        with self._lock:
+            self._workers.pop(hostname, None)
+
+    def offline_since(self, hostname: str) -> float | None:
+        """When the worker was last heard from, if it is offline now."""
+        now = time.time()
+        with self._lock:
+            w = self._workers.get(hostname)
+            if w is None or w.online(now):
+                return None
+            return w.last_seen
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
