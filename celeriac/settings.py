@@ -55,9 +55,7 @@ def redact_url(url: str) -> str:
         return "<unparseable url>"
     if parts.password is None:
         return url
-    netloc = parts.hostname or ""
-    if parts.username:
-        netloc = f"{parts.username}:***@{netloc}"
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
     if parts.port:
         netloc = f"{netloc}:{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
