@@ -4,6 +4,7 @@ Events of one task come from different processes and can arrive out of order, du
 late. The merge rules, in one place:
 
 - a final state (SUCCESS, FAILURE, REVOKED, REJECTED) is never undone by a later event;
+- a late ``task-sent`` never moves a task a worker already has back to PENDING;
 - between non-final states the event with the higher Lamport ``clock`` wins, and on a tie the
   state further along (RETRY -> RECEIVED again is a new attempt, so it carries a higher clock);
 - fields are only ever filled, never blanked: a late ``task-received`` still supplies name,
@@ -107,22 +108,23 @@ class State:
                         self.ignored += 1
                         continue
                     if kind.startswith("task-"):
-                        self._apply_task(kind, ev)
+                        ok = self._apply_task(kind, ev)
                     elif kind.startswith("worker-"):
-                        self._apply_worker(kind, ev, now)
+                        ok = self._apply_worker(kind, ev, now)
+                    else:
+                        ok = False
+                    if ok:
+                        self.applied += 1
                     else:
                         self.ignored += 1
-                        continue
-                    self.applied += 1
                 except (TypeError, ValueError, AttributeError):
                     self.ignored += 1
             self.last_event_at = now
 
-    def _apply_task(self, kind: str, ev: Event) -> None:
+    def _apply_task(self, kind: str, ev: Event) -> bool:
         uuid = ev.get("uuid")
         if not isinstance(uuid, str) or not uuid:
-            self.ignored += 1
-            return
+            return False
         rec = self._tasks.get(uuid)
         if rec is None:
             stored = self._store.get(uuid)
@@ -154,10 +156,15 @@ class State:
         if clock is not None and (rec["clock"] is None or clock > rec["clock"]):
             rec["clock"] = clock
         self._store.put(rec)
+        return True
 
     def _merge_state(self, rec: TaskRecord, uuid: str, new: str, clock: int | None) -> None:
         current = rec["state"]
         if current in FINAL_STATES:
+            return
+        if new == "PENDING" and current != "PENDING":
+            # task-sent comes from the client, whose Lamport clock says nothing about the
+            # worker's: once a worker has the task, a late task-sent only fills fields.
             return
         if new not in FINAL_STATES and current != "PENDING":
             old_clock = self._state_clock.get(uuid)
@@ -176,11 +183,10 @@ class State:
             old, _ = self._tasks.popitem(last=False)
             self._state_clock.pop(old, None)
 
-    def _apply_worker(self, kind: str, ev: Event, now: float) -> None:
+    def _apply_worker(self, kind: str, ev: Event, now: float) -> bool:
         hostname = ev.get("hostname")
         if not isinstance(hostname, str) or not hostname:
-            self.ignored += 1
-            return
+            return False
         w = self._workers.get(hostname)
         if w is None:
             w = self._workers[hostname] = WorkerState(hostname=hostname, first_seen=now)
@@ -195,6 +201,7 @@ class State:
         else:
             w.offline_event = False
             w.last_seen = now
+        return True
 
     # -- reads ------------------------------------------------------------------------------
     def task(self, uuid: str) -> TaskRecord | None:

@@ -10,13 +10,19 @@ from celeriac.store.query import matcher, sort_and_slice
 
 
 class MemoryStore:
-    """Keeps the newest ``max_tasks`` tasks; the oldest-inserted is evicted first."""
+    """Keeps the newest ``max_tasks`` tasks; the oldest-inserted is evicted first.
+
+    ``put`` keeps a snapshot of the record, so readers never see one half-merged by the ingest
+    thread. A child is linked to its parent whenever its ``parent_id`` first shows up, which
+    may be on a late ``task-received`` after the child already has a record.
+    """
 
     def __init__(self, max_tasks: int) -> None:
         self._max = max_tasks
         self._tasks: OrderedDict[str, TaskRecord] = OrderedDict()
         self._types: set[str] = set()
         self._children: defaultdict[str, list[str]] = defaultdict(list)
+        self._parent: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -27,15 +33,18 @@ class MemoryStore:
 
     def put(self, record: TaskRecord) -> None:
         uuid = record["uuid"]
+        snapshot = dict(record)
         with self._lock:
             if uuid not in self._tasks:
-                parent = record.get("parent_id")
-                if parent and parent != uuid:
-                    self._children[parent].append(uuid)
                 while len(self._tasks) >= self._max:
                     old, _ = self._tasks.popitem(last=False)
                     self._children.pop(old, None)
-            self._tasks[uuid] = record
+                    self._parent.pop(old, None)
+            parent = snapshot.get("parent_id")
+            if parent and parent != uuid and uuid not in self._parent:
+                self._parent[uuid] = parent
+                self._children[parent].append(uuid)
+            self._tasks[uuid] = snapshot
             if record.get("name"):
                 self._types.add(record["name"])
 
@@ -63,4 +72,5 @@ class MemoryStore:
             return list(self._children.get(uuid, ()))
 
     def count(self) -> int:
-        return len(self._tasks)
+        with self._lock:
+            return len(self._tasks)
