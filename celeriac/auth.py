@@ -16,13 +16,17 @@ from celeriac.settings import Settings
 PUBLIC_PATHS = frozenset({"/healthcheck"})
 
 NO_AUTH_CONFIGURED = (
-    "Unauthenticated API access is disabled: start celeriac with --basic-auth user:password, "
+    "Unauthenticated access is disabled: start celeriac with --basic-auth user:password, "
     "or with --unauthenticated-api (FLOWER_UNAUTHENTICATED_API=true) to allow it"
 )
 
 
 class BasicAuthMiddleware:
-    """HTTP basic auth over the whole site when users are configured; else guards ``/api``."""
+    """HTTP basic auth over the whole site when users are configured.
+
+    With no users configured the site is open only when started unauthenticated: the UI shows
+    the same data the API does, so it follows the same rule.
+    """
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -40,14 +44,13 @@ class BasicAuthMiddleware:
         if path in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        is_api = path.startswith("/api/") or path == "/api"
         if self.users:
             if self._authorized(scope):
                 await self.app(scope, receive, send)
                 return
             await _deny(send, "Authentication required", challenge=True)
             return
-        if is_api and not self.open_api:
+        if not self.open_api:
             await _deny(send, NO_AUTH_CONFIGURED, challenge=False)
             return
         await self.app(scope, receive, send)
