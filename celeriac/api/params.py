@@ -1,14 +1,19 @@
 """Argument parsing with Flower's error texts, shared by every handler.
 
 Arguments come from the query string or, for POSTs, from a form body; the first wins.
+Form bodies (urlencoded, as the seed's examples send them, or multipart) are parsed with the
+standard library: Starlette's ``request.form()`` needs the optional ``python-multipart``
+package and fails without it.
 """
 
 from __future__ import annotations
 
 import json
+from email.parser import BytesParser
+from email.policy import HTTP
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
-from starlette.datastructures import FormData
 from starlette.requests import Request
 
 from celeriac.api.errors import APIError
@@ -22,16 +27,40 @@ async def arguments(request: Request) -> dict[str, str]:
     """Query arguments merged with form fields of a urlencoded/multipart body."""
     merged: dict[str, str] = {}
     ctype = request.headers.get("content-type", "")
-    if request.method == "POST" and (
-        ctype.startswith("application/x-www-form-urlencoded") or ctype.startswith("multipart/")
-    ):
+    kind = ctype.split(";", 1)[0].strip().lower()
+    if request.method == "POST" and kind in ("application/x-www-form-urlencoded",
+                                             "multipart/form-data"):
+        body = await request.body()
         try:
-            form: FormData = await request.form()
-        except Exception:
+            if kind == "multipart/form-data":
+                merged.update(_multipart_fields(ctype, body))
+            else:
+                merged.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+        except (ValueError, UnicodeDecodeError):
             raise APIError(400, "Invalid form body") from None
-        merged.update({k: v for k, v in form.items() if isinstance(v, str)})
     merged.update(request.query_params)
     return merged
+
+
+def _multipart_fields(ctype: str, body: bytes) -> dict[str, str]:
+    """The plain fields of a multipart/form-data body (uploaded files are skipped)."""
+    if "boundary=" not in ctype:
+        raise ValueError("multipart body without a boundary")
+    head = f"Content-Type: {ctype}\r\n\r\n".encode("latin-1")
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise ValueError("not a multipart body")
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or part.get_filename() is not None:
+            continue
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        charset = part.get_content_charset() or "utf-8"
+        fields[name] = payload.decode(charset)
+    return fields
 
 
 def get_str(args: dict[str, str], name: str, *, required: bool = False) -> str | None:

@@ -23,7 +23,11 @@ MAX_APPLY_WAIT = 24 * 3600.0
 
 
 async def task_arguments(request: Request) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-    """``args``, ``kwargs`` and the remaining apply_async options of a JSON body."""
+    """``args``, ``kwargs`` and the remaining (raw) apply_async options of a JSON body.
+
+    Flower's order of checks: the body first (bad JSON, not an object, args not a list), then
+    the handler looks the task up (404), then ``timeout`` and the options are parsed (400).
+    """
     options = await json_object(request)
     args = options.pop("args", [])
     kwargs = options.pop("kwargs", {})
@@ -35,7 +39,7 @@ async def task_arguments(request: Request) -> tuple[list[Any], dict[str, Any], d
         raise APIError(400, "args must be an array")
     if not isinstance(kwargs, dict):
         raise APIError(400, "kwargs must be an object")
-    return args, kwargs, _normalise_options(options)
+    return args, kwargs, options
 
 
 def _normalise_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -99,13 +103,14 @@ async def apply(request: Request) -> Response:
     cluster = cluster_of(request)
     name = request.path_params["name"]
     args, kwargs, options = await task_arguments(request)
+    task = _registered(cluster, name)
     timeout = options.pop("timeout", None)
     if timeout is not None:
         try:
             timeout = min(max(_number(timeout), 0.0), MAX_APPLY_WAIT)
         except (TypeError, ValueError):
             raise APIError(400, "Invalid timeout") from None
-    task = _registered(cluster, name)
+    options = _normalise_options(options)
     result = await cluster.control.run(task.apply_async, args=args, kwargs=kwargs, **options)
 
     def wait() -> dict[str, Any]:
@@ -123,6 +128,7 @@ async def async_apply(request: Request) -> Response:
     name = request.path_params["name"]
     args, kwargs, options = await task_arguments(request)
     task = _registered(cluster, name)
+    options = _normalise_options(options)
     result = await cluster.control.run(task.apply_async, args=args, kwargs=kwargs, **options)
     state = await cluster.control.run(_state, result)
     return json_response({"task-id": result.id, "state": state})
@@ -132,6 +138,7 @@ async def send_task(request: Request) -> Response:
     cluster = cluster_of(request)
     name = request.path_params["name"]
     args, kwargs, options = await task_arguments(request)
+    options = _normalise_options(options)
     result = await cluster.control.run(
         cluster.app.send_task, name, args=args, kwargs=kwargs, **options
     )
@@ -192,7 +199,8 @@ async def time_limit(request: Request) -> Response:
     if reply is None or "error" in reply:
         error = "no reply from the worker" if reply is None else reply["error"]
         raise APIError(403 if reply else 504, f"Failed to set timeouts: '{error}'")
-    return json_response({"message": "time limits set successfully"})
+    # Flower answers with the worker's own text.
+    return json_response({"message": reply.get("ok") or "time limits set successfully"})
 
 
 async def rate_limit(request: Request) -> Response:
@@ -212,7 +220,8 @@ async def rate_limit(request: Request) -> Response:
     if reply is None or "error" in reply:
         error = "no reply from the worker" if reply is None else reply["error"]
         raise APIError(403 if reply else 504, f"Failed to set rate limit: '{error}'")
-    return json_response({"message": "new rate limit set successfully"})
+    # Flower answers with the worker's own text ("0" is a truthy string to the worker too).
+    return json_response({"message": reply.get("ok") or "new rate limit set successfully"})
 
 
 routes = [

@@ -37,11 +37,10 @@ def cluster_of(request: Request) -> Cluster:
 
 def parse_task_query(args: dict[str, str]) -> TaskQuery:
     limit = get_int(args, "limit")
-    offset = get_int(args, "offset", 0) or 0
-    if limit is not None and limit < 0:
-        raise APIError(400, f"Invalid argument '{limit}': limit must not be negative")
-    if offset < 0:
-        raise APIError(400, f"Invalid argument '{offset}': offset must not be negative")
+    # As Flower: a negative offset counts as 0, a negative limit gives an empty page.
+    offset = max(get_int(args, "offset", 0) or 0, 0)
+    if limit is not None:
+        limit = max(limit, 0)
     sort_by = get_str(args, "sort_by")
     descending = False
     if sort_by:
