@@ -38,3 +38,6 @@ TASK_FIELDS = (
     "eta", "expires", "retries", "runtime", "timestamp", "clock", "worker", "client",
     "exchange", "routing_key", "parent_id", "root_id", "children",
 )
+
+#: The name celeriac's Redis event subscriber gives itself (``CLIENT LIST`` shows it).
+REDIS_CLIENT_NAME = "celeriac-events"
