@@ -3,22 +3,24 @@
 Celery publishes events on Redis with PUBLISH; nothing is stored. Redis drops a subscriber whose
 output buffer passes ``client-output-buffer-limit pubsub`` (32 MB by default), and every event
 published until it resubscribes is lost. Celery's receiver (kombu + redis-py) reads about 17,000
-events a second, so a busy cluster outruns it. This reader keeps up with the wire instead:
+events a second, so a busy cluster outruns it and is dropped. This reader keeps the buffer empty:
 
-- one thread, one plain socket, PSUBSCRIBE ``/{db}.celeryev/*``, ``recv_into`` a fixed buffer;
-- hiredis parses the replies, fed in slices of at most 16 KiB (it slows down on bigger feeds);
-- the envelopes of one read are decoded together (:mod:`celeriac.events.decode`) and handed to
-  the sink as one list, so the per-event cost is decode plus the sink's dict merge.
+- a net thread owns one plain socket (PSUBSCRIBE ``/{db}.celeryev/*``) and does nothing but
+  copy what arrives into an in-process backlog, so it needs almost no CPU to keep up;
+- a decode thread feeds the bytes to hiredis in slices of at most 16 KiB (hiredis slows down
+  on bigger feeds), decodes the envelopes of each chunk together (:mod:`.decode`) and hands
+  the sink one list per chunk.
 
-When the connection drops it reconnects at once (backing off only while refused), resubscribes,
-counts the gap and the time it was blind, logs one line, and calls ``wake`` (the caller's
-heartbeat broadcast) so that workers announce themselves again.
+When the connection drops the net thread reconnects at once (backing off only while refused),
+resubscribes, counts the gap and the time it was blind, logs one line, and calls ``wake`` (the
+caller's heartbeat broadcast) so that the workers announce themselves again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import ssl
 import threading
@@ -30,7 +32,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
-from celeriac.constants import REDIS_EVENT_CHANNEL
+from celeriac.constants import REDIS_CLIENT_NAME, REDIS_EVENT_CHANNEL
 from celeriac.events.base import EventSink, IngestCounters
 from celeriac.events.decode import Decoded, redis_messages
 from celeriac.settings import redact_url
@@ -38,7 +40,8 @@ from celeriac.settings import redact_url
 log = logging.getLogger("celeriac.events")
 
 FEED_SLICE = 16 * 1024  # hiredis is quadratic on big feeds
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 1024 * 1024  # the most one read copies off the socket
+MAX_BACKLOG_BYTES = 512 * 1024 * 1024  # read but not decoded: past this, stop reading
 POLL_S = 0.5  # socket timeout: how often the loop looks at close() and liveness
 PING_AFTER_S = 10.0  # idle this long: send a PING to prove the connection is alive
 DEAD_AFTER_S = 30.0  # idle this long (PING unanswered): the connection is dead
@@ -143,7 +146,14 @@ def glob_escape(text: str) -> str:
 
 
 class RedisEventSource:
-    """Reads Celery's events from Redis pub/sub on its own thread and feeds them to ``sink``.
+    """Reads Celery's events from Redis pub/sub and feeds them to ``sink`` in batches.
+
+    Two threads: ``celeriac-redis-net`` owns the socket and only copies bytes off it into an
+    in-process backlog, so Redis' output buffer stays empty even when the process is short of
+    CPU (with the publishers on the same cores, the decoding falls behind for a while: that
+    costs our memory, not Redis' 32 MB limit and our subscription). ``celeriac-redis-decode``
+    parses, decodes and calls the sink. The backlog is bounded by ``max_backlog_bytes``; past it
+    the reader stops reading, and if Redis then drops it the gap is counted like any other.
 
     ``key_prefix`` is kombu's ``global_keyprefix`` transport option, if the cluster uses one.
     """
@@ -155,47 +165,65 @@ class RedisEventSource:
         *,
         wake: Callable[[], None] | None = None,
         key_prefix: str = "",
+        max_backlog_bytes: int = MAX_BACKLOG_BYTES,
     ) -> None:
         self.address = RedisAddress.from_url(url)
         self.url = redact_url(url)
         self.channel_prefix = key_prefix + REDIS_EVENT_CHANNEL.format(db=self.address.db)
         self.pattern = glob_escape(self.channel_prefix) + "*"
+        self.max_backlog_bytes = max_backlog_bytes
         self.counters = IngestCounters()
         self._sink = sink
         self._wake = wake
         self._stop = threading.Event()
-        self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
         self._subscribed = threading.Event()
-        self._reader = hiredis.Reader()
+        self._sock: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        # chunks of the stream (bytearray), or the hiredis.Reader that starts a new connection
+        self._queue: queue.SimpleQueue[bytearray | hiredis.Reader] = queue.SimpleQueue()
+        self._bytes_read = 0  # written by the net thread only
+        self._bytes_done = 0  # written by the decode thread only
         self._sink_error_logged = 0.0
+        self._backlog_logged = 0.0
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes read off the socket and not decoded yet."""
+        return self._bytes_read - self._bytes_done
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._threads:
             raise RuntimeError("RedisEventSource already started")
-        self._thread = threading.Thread(target=self._run, name="celeriac-redis-events", daemon=True)
-        self._thread.start()
+        for name, target in (("net", self._run_net), ("decode", self._run_decode)):
+            thread = threading.Thread(target=target, name=f"celeriac-redis-{name}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def close(self) -> None:
-        """Stop reading; returns within about a second (the socket is shut to wake the thread)."""
+        """Stop reading and decoding; returns within about a second. The backlog is dropped."""
         self._stop.set()
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2 * POLL_S + 0.5)
+        self._shutdown_socket()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=2 * POLL_S + 0.5)
         self.counters.connected = False
 
     def wait_subscribed(self, timeout: float | None = None) -> bool:
         """Block until the first PSUBSCRIBE is confirmed (for tests, benchmarks and startup)."""
         return self._subscribed.wait(timeout)
 
-    # -- the connection loop ---------------------------------------------------------------
+    def _shutdown_socket(self) -> None:
+        """Wake the net thread out of ``recv``; it then reconnects, or exits if closing."""
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
-    def _run(self) -> None:
+    # -- the net thread: connection, subscription, bytes -----------------------------------
+
+    def _run_net(self) -> None:
         lost_at: float | None = None  # monotonic time the stream was lost; None while fine
         backoff = 0.0
         while not self._stop.is_set():
@@ -209,32 +237,107 @@ class RedisEventSource:
                     lost_at = None
                 self._subscribed.set()
                 self._call_wake()
-                self._pump(sock)
-            except (OSError, RedisProtocolError, hiredis.ProtocolError) as exc:
+                self._read(sock)
+            except Exception as exc:
                 if self._stop.is_set():
                     break
                 self.counters.last_error = f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, (OSError, RedisProtocolError)):
+                    log.exception("redis events: unexpected error; reconnecting")
                 if self.counters.connected:
-                    lost_at = time.monotonic()
                     self.counters.connected = False
-                    log.warning("redis events: lost %s (%s)", self.url, self.counters.last_error)
-                elif lost_at is None and self._subscribed.is_set():
                     lost_at = time.monotonic()
-                if sock is None:  # could not connect: back off a little, never long
+                    log.warning("redis events: lost %s (%s)", self.url, self.counters.last_error)
+                if sock is None:  # could not connect or subscribe: back off, never for long
                     self._stop.wait(backoff)
                     backoff = min(BACKOFF_MAX_S, backoff * 2 or 0.05)
-            except Exception as exc:  # a bug or a sink error: log it loudly, keep reading
-                self.counters.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("redis events: reader error; reconnecting")
-                if self.counters.connected:
-                    lost_at = time.monotonic()
-                    self.counters.connected = False
-                self._stop.wait(0.05)
             finally:
                 self._sock = None
                 if sock is not None:
                     sock.close()
         self.counters.connected = False
+
+    def _subscribe(self) -> socket.socket:
+        """Connect, authenticate, PSUBSCRIBE; return once Redis has confirmed the pattern."""
+        sock = self.address.connect()
+        self._sock = sock
+        try:
+            self._handshake(sock)
+        except BaseException:
+            self._sock = None
+            sock.close()
+            raise
+        return sock
+
+    def _handshake(self, sock: socket.socket) -> None:
+        if self._stop.is_set():  # close() ran while we were connecting
+            raise OSError("closing")
+        a = self.address
+        commands = []
+        if a.password is not None:
+            auth = (a.username, a.password) if a.username else (a.password,)
+            commands.append(resp_command("AUTH", *auth))
+        commands.append(resp_command("CLIENT", "SETNAME", REDIS_CLIENT_NAME))
+        commands.append(resp_command("PSUBSCRIBE", self.pattern))
+        sock.sendall(b"".join(commands))
+        reader = hiredis.Reader()
+        replies: list[Any] = []
+        while len(replies) < len(commands):
+            data = sock.recv(FEED_SLICE)
+            if not data:
+                raise ConnectionError("connection closed while subscribing")
+            reader.feed(data)
+            while len(replies) < len(commands) and (reply := reader.gets()) is not False:
+                replies.append(reply)
+        if a.password is not None and isinstance(replies[0], hiredis.ReplyError):
+            raise RedisProtocolError(f"AUTH refused: {replies[0]}")
+        confirm = replies[-1]
+        if not (isinstance(confirm, list) and confirm[:1] == [b"psubscribe"]):
+            raise RedisProtocolError(f"PSUBSCRIBE refused: {confirm!r}")
+        sock.settimeout(POLL_S)
+        # The reader may already hold the first events: the decode thread carries on with it.
+        self._queue.put(reader)
+
+    def _read(self, sock: socket.socket) -> None:
+        """Copy bytes off the socket into the backlog until the connection fails or close()."""
+        buf = bytearray(RECV_SIZE)
+        recv_into = sock.recv_into
+        put = self._queue.put
+        stop = self._stop.is_set
+        last_data = time.monotonic()
+        pinged = False
+        while not stop():
+            if self._bytes_read - self._bytes_done > self.max_backlog_bytes:
+                self._backlog_full()
+                last_data = time.monotonic()
+                continue
+            try:
+                n = recv_into(buf)
+            except TimeoutError:
+                idle = time.monotonic() - last_data
+                if idle > DEAD_AFTER_S:
+                    raise ConnectionError(f"no answer from Redis for {idle:.0f} s") from None
+                if idle > PING_AFTER_S and not pinged:
+                    sock.sendall(resp_command("PING"))
+                    pinged = True
+                continue
+            if n == 0:
+                raise ConnectionError("connection closed by Redis")
+            put(buf[:n])
+            self._bytes_read += n
+            last_data = time.monotonic()
+            pinged = False
+
+    def _backlog_full(self) -> None:
+        now = time.monotonic()
+        if now - self._backlog_logged > 60.0:
+            self._backlog_logged = now
+            log.warning(
+                "redis events: %d MB read and not yet decoded; pausing the socket (Redis may "
+                "drop the subscription, which is then counted as a gap)",
+                self.backlog_bytes >> 20,
+            )
+        self._stop.wait(0.01)
 
     def _record_gap(self, blind: float) -> None:
         c = self.counters
@@ -243,7 +346,7 @@ class RedisEventSource:
         c.blind_seconds += blind
         log.warning(
             "redis events: resubscribed to %s after %.3f s blind (gap %d); events published "
-            "meanwhile are lost, asking workers for a heartbeat",
+            "meanwhile are lost; asking workers for a heartbeat",
             self.url,
             blind,
             c.gaps,
@@ -263,103 +366,68 @@ class RedisEventSource:
 
         threading.Thread(target=run, name="celeriac-wake", daemon=True).start()
 
-    def _sink_failed(self, exc: Exception) -> None:
-        self.counters.last_error = f"sink: {type(exc).__name__}: {exc}"
-        now = time.monotonic()
-        if now - self._sink_error_logged > 10.0:
-            self._sink_error_logged = now
-            log.exception("redis events: the sink failed on a batch (logged once per 10 s)")
+    # -- the decode thread: replies, envelopes, sink ---------------------------------------
 
-    def _subscribe(self) -> socket.socket:
-        """Connect, authenticate, PSUBSCRIBE, and return once Redis confirmed the pattern."""
-        sock = self.address.connect()
-        self._sock = sock
-        try:
-            return self._handshake(sock)
-        except BaseException:
-            self._sock = None
-            sock.close()
-            raise
-
-    def _handshake(self, sock: socket.socket) -> socket.socket:
-        a = self.address
-        if self._stop.is_set():  # close() ran while we were connecting
-            raise OSError("closing")
-        commands = []
-        if a.password is not None:
-            auth = (a.username, a.password) if a.username else (a.password,)
-            commands.append(resp_command("AUTH", *auth))
-        commands.append(resp_command("CLIENT", "SETNAME", "celeriac-events"))
-        commands.append(resp_command("PSUBSCRIBE", self.pattern))
-        sock.sendall(b"".join(commands))
-        reader = hiredis.Reader()
-        replies: list[Any] = []
-        while len(replies) < len(commands):
-            data = sock.recv(FEED_SLICE)
-            if not data:
-                raise ConnectionError("connection closed while subscribing")
-            reader.feed(data)
-            while (reply := reader.gets()) is not False:
-                replies.append(reply)
-        if a.password is not None and isinstance(replies[0], hiredis.ReplyError):
-            raise RedisProtocolError(f"AUTH refused: {replies[0]}")
-        confirm = replies[-1]
-        if not (isinstance(confirm, list) and confirm[:1] == [b"psubscribe"]):
-            raise RedisProtocolError(f"PSUBSCRIBE refused: {confirm!r}")
-        sock.settimeout(POLL_S)
-        self._reader = reader  # anything read past the confirmation stays in the reader
-        return sock
-
-    def _pump(self, sock: socket.socket) -> None:
-        """Read until the connection fails or close() is called. The hot loop."""
-        reader = self._reader
-        feed, gets = reader.feed, reader.gets
-        buf = bytearray(RECV_SIZE)
-        recv_into = sock.recv_into
-        sink = self._sink
-        counters = self.counters
+    def _run_decode(self) -> None:
+        get = self._queue.get
         stop = self._stop.is_set
-        last_data = time.monotonic()
-        pinged = False
-        n = 0  # bytes to feed; the first round drains what _subscribe already fed
+        reader: Any = None
         while not stop():
-            datas: list[bytes] = []
-            off = 0
-            while True:
-                while (reply := gets()) is not False:
-                    if type(reply) is list and reply[0] == b"pmessage":
-                        datas.append(reply[3])
-                    elif isinstance(reply, hiredis.ReplyError):
-                        raise RedisProtocolError(f"error reply: {reply}")
-                    # anything else: PONG or a subscribe confirmation
-                if off >= n:
-                    break
-                step = n - off if n - off < FEED_SLICE else FEED_SLICE
-                feed(buf, off, step)  # type: ignore[arg-type]
-                off += step
-            if datas:
-                out = Decoded()
-                redis_messages(datas, out)
-                counters.messages += out.messages
-                counters.malformed += out.malformed
-                if out.events:
-                    counters.received += len(out.events)
-                    try:
-                        sink(out.events)
-                    except Exception as exc:  # the sink's bug must not cost us the stream
-                        self._sink_failed(exc)
             try:
-                n = recv_into(buf)
-            except TimeoutError:
-                n = 0
-                idle = time.monotonic() - last_data
-                if idle > DEAD_AFTER_S:
-                    raise ConnectionError(f"no answer from Redis for {idle:.0f} s") from None
-                if idle > PING_AFTER_S and not pinged:
-                    sock.sendall(resp_command("PING"))
-                    pinged = True
+                item = get(timeout=POLL_S)
+            except queue.Empty:
                 continue
-            if n == 0:
-                raise ConnectionError("connection closed by Redis")
-            last_data = time.monotonic()
-            pinged = False
+            try:
+                if type(item) is bytearray:
+                    self._bytes_done += len(item)
+                    if reader is not None:
+                        self._deliver(self._parse(reader, item))
+                else:
+                    reader = item  # a new connection: its reader may hold events already
+                    self._deliver(self._parse(reader, bytearray()))
+            except (hiredis.ProtocolError, RedisProtocolError) as exc:
+                # The stream is corrupt: drop this connection, skip its bytes, resubscribe.
+                self.counters.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("redis events: %s; reconnecting", self.counters.last_error)
+                reader = None
+                self._shutdown_socket()
+
+    @staticmethod
+    def _parse(reader: Any, chunk: bytearray) -> list[bytes]:
+        """Feed one chunk to hiredis in small slices; return the payloads of the pmessages."""
+        datas: list[bytes] = []
+        feed, gets = reader.feed, reader.gets
+        n = len(chunk)
+        off = 0
+        while True:
+            while (reply := gets()) is not False:
+                if type(reply) is list and reply[0] == b"pmessage":
+                    datas.append(reply[3])
+                elif isinstance(reply, hiredis.ReplyError):
+                    raise RedisProtocolError(f"error reply: {reply}")
+                # anything else: a PONG or a subscribe confirmation
+            if off >= n:
+                return datas
+            step = n - off if n - off < FEED_SLICE else FEED_SLICE
+            feed(chunk, off, step)
+            off += step
+
+    def _deliver(self, datas: list[bytes]) -> None:
+        if not datas:
+            return
+        out = Decoded()
+        redis_messages(datas, out)
+        counters = self.counters
+        counters.messages += out.messages
+        counters.malformed += out.malformed
+        if not out.events:
+            return
+        counters.received += len(out.events)
+        try:
+            self._sink(out.events)
+        except Exception as exc:  # the sink's bug must not cost us the stream
+            self.counters.last_error = f"sink: {type(exc).__name__}: {exc}"
+            now = time.monotonic()
+            if now - self._sink_error_logged > 10.0:
+                self._sink_error_logged = now
+                log.exception("redis events: the sink failed on a batch (logged once per 10 s)")

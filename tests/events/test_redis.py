@@ -1,0 +1,400 @@
+"""RedisEventSource against a real redis-server, fed by Celery's own event dispatcher."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_py
+from celery import Celery
+from kombu import Producer
+
+from celeriac.events.redis import RedisAddress, RedisEventSource, glob_escape
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class PrivateRedis:
+    """A private redis-server: its own port, folder and process group."""
+
+    def __init__(self, folder: Path, *extra: str) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.unix = str(folder / "redis.sock")
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.folder)]
+        args += ["--unixsocket", self.unix, "--unixsocketperm", "700", *self.extra]
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_until(self._answers, 10, "redis-server to start")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def url(self, db: int = 0, auth: str = "") -> str:
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
+    srv = PrivateRedis(tmp_path_factory.mktemp("redis"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+class Collector:
+    """A sink that keeps every batch; thread-safe enough for one reader thread."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[dict[str, Any]]] = []
+        self.wakes = 0
+
+    def __call__(self, events: list[dict[str, Any]]) -> None:
+        self.batches.append(events)
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [e for b in self.batches for e in b]
+
+    def of(self, run: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("run") == run]
+
+
+@pytest.fixture
+def source() -> Iterator[Callable[..., tuple[RedisEventSource, Collector]]]:
+    started: list[RedisEventSource] = []
+
+    def make(url: str, **kw: Any) -> tuple[RedisEventSource, Collector]:
+        sink = Collector()
+        src = RedisEventSource(url, sink, wake=sink.wake, **kw)
+        src.start()
+        started.append(src)
+        assert src.wait_subscribed(10), src.counters.last_error
+        return src, sink
+
+    yield make
+    for src in started:
+        src.close()
+
+
+def celery_app(url: str) -> Celery:
+    return Celery("evtest", broker=url, set_as_current=False)
+
+
+def publish_raw(url: str, db: int, routing_key: str, data: bytes) -> None:
+    r = redis_py.Redis.from_url(url)
+    r.publish(f"/{db}.celeryev/{routing_key}", data)
+    r.close()
+
+
+def envelope(body: bytes, routing_key: str = "task.succeeded") -> bytes:
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {"hostname": "celery@t"},
+            "properties": {
+                "delivery_mode": 1,
+                "delivery_info": {"exchange": "celeryev", "routing_key": routing_key},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    ).encode()
+
+
+# -- URLs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expect"),
+    [
+        ("redis://localhost", dict(host="localhost", port=6379, db=0)),
+        ("redis://h:6390/3", dict(host="h", port=6390, db=3)),
+        ("redis://:s%40cret@h/1", dict(password="s@cret", username=None, db=1)),
+        ("redis://bob:pw@h:1/2", dict(username="bob", password="pw", db=2)),
+        ("rediss://h:6380/0?ssl_cert_reqs=none", dict(tls=True, tls_verify=False)),
+        ("unix:///run/redis.sock?db=4", dict(unix_path="/run/redis.sock", db=4)),
+        ("redis+socket:///tmp/r.sock?virtual_host=5", dict(unix_path="/tmp/r.sock", db=5)),
+    ],
+)
+def test_address_from_url(url: str, expect: dict[str, Any]) -> None:
+    addr = RedisAddress.from_url(url)
+    for key, value in expect.items():
+        assert getattr(addr, key) == value
+
+
+@pytest.mark.parametrize("url", ["amqp://h//", "redis://h/notanumber"])
+def test_address_rejects(url: str) -> None:
+    with pytest.raises(ValueError):
+        RedisAddress.from_url(url)
+
+
+def test_glob_escape_in_pattern() -> None:
+    assert glob_escape("app*[1]/0.celeryev/") == "app\\*\\[1\\]/0.celeryev/"
+
+
+# -- events from Celery's dispatcher ---------------------------------------------------------
+
+
+def test_dispatcher_events_arrive_decoded(server: PrivateRedis, source: Any) -> None:
+    src, sink = source(server.url(0))
+    app = celery_app(server.url(0))
+    with app.connection_for_write() as conn:
+        d = app.events.Dispatcher(conn, hostname="celery@t1", enabled=True)
+        d.send("worker-online", run="single", freq=2.0)
+        for i in range(50):
+            d.send("task-received", run="single", uuid=f"t{i}", name="tasks.add", args="(1,)")
+            d.send("task-succeeded", run="single", uuid=f"t{i}", result="2", runtime=0.1)
+        d.close()
+    wait_until(lambda: len(sink.of("single")) == 101, what="101 events")
+    evs = sink.of("single")
+    assert evs[0]["type"] == "worker-online"
+    assert evs[0]["hostname"] == "celery@t1"
+    assert evs[1]["type"] == "task-received" and evs[1]["uuid"] == "t0"
+    assert {"timestamp", "clock", "pid", "utcoffset"} <= evs[1].keys()
+    assert src.counters.malformed == 0
+    assert src.counters.connected
+
+
+def test_dispatcher_task_multi_batches_are_flattened(server: PrivateRedis, source: Any) -> None:
+    src, sink = source(server.url(0))
+    app = celery_app(server.url(0))
+    with app.connection_for_write() as conn:
+        d = app.events.Dispatcher(
+            conn, hostname="celery@t2", enabled=True, buffer_group=["task"], buffer_limit=10
+        )
+        for i in range(25):
+            d.send("task-started", run="multi", uuid=f"m{i}")
+        d.flush()
+        d.close()
+        # and a list body published by hand, as a worker's hub does, on routing key task.multi
+        producer = Producer(conn.default_channel)
+        body = [{"type": "task-succeeded", "uuid": f"p{i}", "run": "multi"} for i in range(5)]
+        producer.publish(body, exchange="celeryev", routing_key="task.multi", serializer="json")
+    wait_until(lambda: len(sink.of("multi")) == 30, what="30 events")
+    uuids = [e["uuid"] for e in sink.of("multi")]
+    assert uuids == [f"m{i}" for i in range(25)] + [f"p{i}" for i in range(5)]
+    assert src.counters.messages >= 4  # 10 + 10 + 5 batched, then the hand-made list
+
+
+def test_db_number_is_part_of_the_channel(server: PrivateRedis, source: Any) -> None:
+    _, sink3 = source(server.url(3))
+    _, sink0 = source(server.url(0))
+    app = celery_app(server.url(3))
+    with app.connection_for_write() as conn:
+        d = app.events.Dispatcher(conn, hostname="celery@db3", enabled=True)
+        d.send("task-started", run="db3", uuid="x")
+        d.close()
+    wait_until(lambda: len(sink3.of("db3")) == 1, what="the db 3 event")
+    time.sleep(0.2)
+    assert sink0.of("db3") == []
+
+
+# -- malformed input -------------------------------------------------------------------------
+
+
+def test_malformed_payloads_are_counted_and_the_reader_goes_on(
+    server: PrivateRedis, source: Any
+) -> None:
+    src, sink = source(server.url(0))
+    bad = [
+        envelope(b"{not json"),
+        envelope(b"[1, 2]"),  # a list of non-events: two malformed events
+        envelope(b"12"),
+        envelope(b'{"uuid": "no type"}'),
+        b'{"body": "%%%% not base64", "properties": {"body_encoding": "base64"}}',
+        b"plain garbage",
+    ]
+    for data in bad:
+        publish_raw(server.url(0), 0, "task.succeeded", data)
+    publish_raw(server.url(0), 0, "custom.thing", envelope(b'{"type": "custom-thing"}'))
+    good = json.dumps({"type": "task-started", "uuid": "ok", "run": "bad"}).encode()
+    publish_raw(server.url(0), 0, "task.started", envelope(good))
+    wait_until(lambda: len(sink.of("bad")) == 1, what="the good event after the bad ones")
+    assert src.counters.malformed == 7
+    assert src.counters.messages == 8
+    assert [e["type"] for e in sink.events] == ["custom-thing", "task-started"]
+    assert src.counters.connected and src.counters.gaps == 0
+
+
+def test_a_failing_sink_does_not_stop_the_reader(server: PrivateRedis, source: Any) -> None:
+    calls: list[int] = []
+
+    def sink(events: list[dict[str, Any]]) -> None:
+        calls.append(len(events))
+        if len(calls) == 1:
+            raise RuntimeError("sink bug")
+
+    src = RedisEventSource(server.url(0), sink)
+    src.start()
+    try:
+        assert src.wait_subscribed(10)
+        for _ in range(2):
+            publish_raw(server.url(0), 0, "task.started", envelope(b'{"type": "task-started"}'))
+            time.sleep(0.2)
+        wait_until(lambda: len(calls) == 2, what="a second batch")
+        assert "sink bug" in (src.counters.last_error or "")
+        assert src.counters.gaps == 0
+    finally:
+        src.close()
+
+
+# -- volume ----------------------------------------------------------------------------------
+
+
+def test_a_fast_burst_loses_nothing(server: PrivateRedis, source: Any) -> None:
+    src, sink = source(server.url(0))
+    n = 30_000
+    r = redis_py.Redis(port=server.port)
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        body = json.dumps({"type": "task-succeeded", "uuid": f"b{i}", "run": "burst"}).encode()
+        pipe.publish("/0.celeryev/task.succeeded", envelope(body))
+        if i % 500 == 499:
+            pipe.execute()
+    pipe.execute()
+    r.close()
+    wait_until(lambda: src.counters.received >= n, timeout=60, what=f"{n} events")
+    assert len({e["uuid"] for e in sink.of("burst")}) == n
+    assert src.counters.gaps == 0
+    assert len(sink.batches) < n  # delivered in batches, not one call per event
+
+
+# -- connection: auth, unix socket, restart, close -------------------------------------------
+
+
+def test_password_and_acl_user(tmp_path: Path, source: Any) -> None:
+    srv = PrivateRedis(
+        tmp_path, "--requirepass", "s3cret", "--user", "ev", "on", ">evpw", "~*", "&*", "+@all"
+    )
+    srv.start()
+    try:
+        for auth in (":s3cret@", "ev:evpw@"):
+            src, sink = source(srv.url(0, auth))
+            r = redis_py.Redis(port=srv.port, password="s3cret")
+            r.publish("/0.celeryev/task.started", envelope(b'{"type": "task-started"}'))
+            r.close()
+            wait_until(lambda: len(sink.events) == 1, what="an authenticated event")  # noqa: B023
+            src.close()
+        refused = RedisEventSource(srv.url(0, ":wrong@"), lambda evs: None)
+        refused.start()
+        try:
+            assert not refused.wait_subscribed(1.0)
+            assert "AUTH" in (refused.counters.last_error or "")
+        finally:
+            refused.close()
+    finally:
+        srv.stop()
+
+
+def test_unix_socket(server: PrivateRedis, source: Any) -> None:
+    _, sink = source(f"unix://{server.unix}?db=0")
+    publish_raw(server.url(0), 0, "task.started", envelope(b'{"type": "task-started"}'))
+    wait_until(lambda: len(sink.events) == 1, what="an event over the unix socket")
+
+
+def test_restart_of_redis_mid_stream(tmp_path: Path, source: Any, caplog: Any) -> None:
+    srv = PrivateRedis(tmp_path)
+    srv.start()
+    try:
+        src, sink = source(srv.url(0))
+        wait_until(lambda: sink.wakes == 1, what="the first wake")
+        app = celery_app(srv.url(0))
+        with app.connection_for_write() as conn:
+            d = app.events.Dispatcher(conn, hostname="celery@r", enabled=True)
+            for i in range(10):
+                d.send("task-succeeded", run="before", uuid=f"a{i}")
+            d.close()
+        wait_until(lambda: len(sink.of("before")) == 10, what="events before the restart")
+        with caplog.at_level("WARNING", logger="celeriac.events"):
+            srv.stop()
+            wait_until(lambda: not src.counters.connected, what="the loss to be noticed")
+            time.sleep(0.3)
+            srv.start()
+            wait_until(lambda: src.counters.connected, what="the reconnect")
+            wait_until(lambda: sink.wakes == 2, what="the wake after the reconnect")
+        assert src.counters.gaps == 1
+        assert src.counters.reconnects == 1
+        assert src.counters.blind_seconds >= 0.3
+        assert any("blind" in r.getMessage() for r in caplog.records)
+        app = celery_app(srv.url(0))
+        with app.connection_for_write() as conn:
+            d = app.events.Dispatcher(conn, hostname="celery@r", enabled=True)
+            for i in range(10):
+                d.send("task-succeeded", run="after", uuid=f"b{i}")
+            d.close()
+        wait_until(lambda: len(sink.of("after")) == 10, what="events after the restart")
+    finally:
+        srv.stop()
+
+
+def test_close_is_prompt_even_when_the_server_is_gone(tmp_path: Path) -> None:
+    srv = PrivateRedis(tmp_path)
+    srv.start()
+    src = RedisEventSource(srv.url(0), lambda evs: None)
+    src.start()
+    assert src.wait_subscribed(10)
+    t = time.monotonic()
+    src.close()
+    assert time.monotonic() - t < 1.0
+    srv.stop()
+    src = RedisEventSource(srv.url(0), lambda evs: None)  # nothing listening: retrying
+    src.start()
+    time.sleep(0.3)
+    t = time.monotonic()
+    src.close()
+    assert time.monotonic() - t < 1.5
+    assert not src.counters.connected
+    assert not [th for th in threading.enumerate() if th.name.startswith("celeriac-redis")]
