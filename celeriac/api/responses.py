@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 from celery.result import AsyncResult
 from starlette.responses import Response
 
 JSON_TYPE = "application/json; charset=UTF-8"
+
+T = TypeVar("T")
 
 
 def _default(value: Any) -> Any:
@@ -40,3 +46,35 @@ def task_result_fields(task_id: str, result: AsyncResult) -> dict[str, Any]:
     elif result.ready():
         response["result"] = safe_result(result.result)
     return response
+
+
+async def run_waiting(fn: Callable[..., T], *args: Any) -> T:
+    """Run a call that may block for long (waiting for a task's result) on a thread of its own.
+
+    Not on the control pool: a few dozen clients waiting for slow tasks would take all of its
+    threads, and inspect, control commands and publishing would queue behind them. A daemon
+    thread also never holds up the process at exit.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if future.done():  # the client went away and the request was cancelled
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def target() -> None:
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = fn(*args)
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=target, name="celeriac-wait", daemon=True).start()
+    return await future

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from celeriac.api.errors import APIError
 from celeriac.api.params import arguments, get_bool, get_float, get_str, json_object
-from celeriac.api.responses import json_response, task_result_fields
+from celeriac.api.responses import json_response, run_waiting, task_result_fields
 from celeriac.api.tasks import cluster_of
 from celeriac.cluster import Cluster
 
@@ -113,14 +113,18 @@ async def apply(request: Request) -> Response:
     options = _normalise_options(options)
     result = await cluster.control.run(task.apply_async, args=args, kwargs=kwargs, **options)
 
-    def wait() -> dict[str, Any]:
-        try:
-            result.get(timeout=timeout or MAX_APPLY_WAIT, propagate=False)
-        except Exception:  # timed out: answer with the state so far, without a result
-            return {"task-id": result.id, "state": _state(result)}
-        return task_result_fields(result.id, result)
+    task_id = result.id
 
-    return json_response(await cluster.control.run(wait))
+    def wait() -> dict[str, Any]:
+        # A result of this thread's own (Celery's backends are per thread).
+        mine = AsyncResult(task_id, app=cluster.app)
+        try:
+            mine.get(timeout=timeout or MAX_APPLY_WAIT, propagate=False)
+        except Exception:  # timed out: answer with the state so far, without a result
+            return {"task-id": task_id, "state": _state(mine)}
+        return task_result_fields(task_id, mine)
+
+    return json_response(await run_waiting(wait))
 
 
 async def async_apply(request: Request) -> Response:

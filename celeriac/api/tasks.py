@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from celeriac.api.errors import APIError
 from celeriac.api.params import arguments, get_float, get_int, get_str
-from celeriac.api.responses import json_response, task_result_fields
+from celeriac.api.responses import json_response, run_waiting, task_result_fields
 from celeriac.cluster import Cluster
 from celeriac.store.base import SORT_KEYS, TaskQuery
 
@@ -112,19 +112,21 @@ async def task_result(request: Request) -> Response:
     task_id = request.path_params["task_id"]
     timeout = get_float(await arguments(request), "timeout")
     cluster = cluster_of(request)
-    result = AsyncResult(task_id, app=cluster.app)
-    if timeout is not None:
-        timeout = min(max(timeout, 0.0), 3600.0)
 
-        def wait() -> None:
+    def read() -> dict[str, Any]:
+        # A result of this thread's own (Celery's backends are per thread).
+        result = AsyncResult(task_id, app=cluster.app)
+        if timeout:  # as Flower: 0 means do not wait
             # A timeout (or a backend error) leaves the state as it is.
             with contextlib.suppress(Exception):
-                result.get(timeout=timeout, propagate=False)
+                result.get(timeout=min(max(timeout, 0.0), 3600.0), propagate=False)
+        # Read the state after the wait: a task that finished meanwhile reports its final
+        # state (Flower reports the one read before the wait).
+        return task_result_fields(task_id, result)
 
-        await cluster.control.run(wait)
-    # Read the state after any wait: a task that finished meanwhile reports its final state.
-    response = await cluster.control.run(task_result_fields, task_id, result)
-    return json_response(response)
+    if timeout:
+        return json_response(await run_waiting(read))
+    return json_response(await cluster.control.run(read))
 
 
 routes = [

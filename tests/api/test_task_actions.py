@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -85,9 +86,12 @@ def side_effects(tmp_path: Path) -> Path:
 
 
 def post_json(m: MonitorProcess, path: str, body: Any = None, **kw: Any) -> httpx.Response:
+    return post_json_on(m.client, path, body, **kw)
+
+
+def post_json_on(c: httpx.Client, path: str, body: Any = None, **kw: Any) -> httpx.Response:
     content = b"" if body is None else json.dumps(body).encode()
-    return m.client.post(path, content=content,
-                         headers={"Content-Type": "application/json"}, **kw)
+    return c.post(path, content=content, headers={"Content-Type": "application/json"}, **kw)
 
 
 def ok_json(r: httpx.Response) -> dict[str, Any]:
@@ -190,6 +194,75 @@ def test_apply_with_a_timeout_returns_early_without_result(
     body = ok_json(post_json(monitor, "/api/task/apply/tests.add",
                              {"args": [2, 2], "timeout": "20"}))
     assert (body["state"], body["result"]) == ("SUCCESS", 4)
+
+
+def test_concurrent_applies_each_get_their_own_result(
+    monitor: MonitorProcess, w1: CeleryWorker
+) -> None:
+    def apply(i: int) -> dict[str, Any]:
+        with httpx.Client(base_url=monitor.url, timeout=60) as c:
+            return ok_json(post_json_on(c, "/api/task/apply/tests.echo",
+                                        {"args": [f"v{i}"], "countdown": 1}))
+
+    with ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(apply, range(8)))
+    assert [(b["state"], b["result"]) for b in bodies] == [("SUCCESS", f"v{i}")
+                                                          for i in range(8)]
+    assert len({b["task-id"] for b in bodies}) == 8
+
+
+def test_concurrent_result_waits_each_get_their_own_result(
+    monitor: MonitorProcess, broker: BrokerInfo, w1: CeleryWorker
+) -> None:
+    sent = [broker.tasks.echo.apply_async((f"r{i}",), countdown=1) for i in range(8)]
+
+    def wait(i: int) -> dict[str, Any]:
+        with httpx.Client(base_url=monitor.url, timeout=60) as c:
+            return ok_json(c.get(f"/api/task/result/{sent[i].id}", params={"timeout": "30"}))
+
+    with ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(wait, range(8)))
+    assert bodies == [{"task-id": r.id, "state": "SUCCESS", "result": f"r{i}"}
+                      for i, r in enumerate(sent)]
+
+
+def test_many_waiting_applies_do_not_starve_remote_control(
+    monitor: MonitorProcess, w1: CeleryWorker
+) -> None:
+    """Waiting for results holds threads; remote control and reads must still answer."""
+    waiters = 24
+    countdown = 8
+
+    def apply(i: int) -> dict[str, Any]:
+        with httpx.Client(base_url=monitor.url, timeout=60) as c:
+            return ok_json(post_json_on(c, "/api/task/apply/tests.echo",
+                                        {"args": [i], "countdown": countdown}))
+
+    with ThreadPoolExecutor(waiters) as pool:
+        started = time.monotonic()
+        futures = [pool.submit(apply, i) for i in range(waiters)]
+        # every apply is in: the tasks are on the worker, waiting for their countdown
+        wait_for(lambda: len(monitor.client.get("/api/tasks", params={
+            "taskname": "tests.echo", "state": "RECEIVED"}).json()) >= waiters, 20, 0.1,
+            "every apply to be received")
+        t0 = time.monotonic()
+        r = monitor.client.get("/api/workers", params={"refresh": "true",
+                                                       "workername": w1.hostname})
+        assert r.status_code == 200
+        rl = monitor.client.post("/api/task/rate-limit/tests.echo",
+                                 data={"ratelimit": "0", "workername": w1.hostname})
+        assert rl.status_code == 200
+        elapsed = time.monotonic() - t0
+        assert time.monotonic() - started < countdown, "the applies finished first: no test"
+        assert elapsed < 3, f"remote control took {elapsed:.1f} s behind waiting applies"
+        assert sorted(f.result()["result"] for f in futures) == list(range(waiters))
+
+
+def test_result_timeout_zero_does_not_wait(monitor: MonitorProcess) -> None:
+    started = time.monotonic()
+    r = monitor.client.get("/api/task/result/never-sent", params={"timeout": "0"}, timeout=10)
+    assert ok_json(r) == {"task-id": "never-sent", "state": "PENDING"}
+    assert time.monotonic() - started < 5
 
 
 def test_apply_errors(monitor: MonitorProcess) -> None:
@@ -355,9 +428,9 @@ def test_revoked_countdown_task_never_runs(
 ) -> None:
     revoked_file, control_file = side_effects / "revoked", side_effects / "control"
     victim = ok_json(post_json(monitor, "/api/task/send-task/tests.touch",
-                               {"args": [str(revoked_file)], "countdown": 2}))
+                               {"args": [str(revoked_file)], "countdown": 4}))
     control = ok_json(post_json(monitor, "/api/task/send-task/tests.touch",
-                                {"args": [str(control_file)], "countdown": 2}))
+                                {"args": [str(control_file)], "countdown": 4}))
     # The worker has it (received, waiting for its ETA) before we revoke.
     wait_info_state(monitor, victim["task-id"], "RECEIVED")
     assert_message(monitor.client.post(f"/api/task/revoke/{victim['task-id']}"),

@@ -103,8 +103,15 @@ def history(monitor: MonitorProcess, broker: BrokerInfo) -> History:
     t = broker.tasks
     h = History(started_at=time.time())
 
+    def seen_final(task_id: str) -> None:
+        # Until celeriac has the final event: the worker stamps it after storing the result,
+        # so only then is the next task surely newer.
+        wait_for(lambda: (info_or_none(monitor, task_id) or {}).get("state") in FINAL, 30, 0.02,
+                 f"celeriac to see {task_id} finish")
+
     def run(label: str, result: Any) -> Any:
         result.get(timeout=RESULT_WAIT, propagate=False)
+        seen_final(result.id)
         h.ids[label] = result.id
         h.order.append(result.id)
         return result
@@ -123,6 +130,8 @@ def history(monitor: MonitorProcess, broker: BrokerInfo) -> History:
     last = chain(t.add.s(1, 2), t.add.s(3), t.mul.s(2)).apply_async()
     last.get(timeout=RESULT_WAIT)
     h.chain = [last.parent.parent.id, last.parent.id, last.id]
+    for task_id in h.chain:
+        seen_final(task_id)
     h.order.extend(h.chain)
     spawner = broker.app.send_task("tests.spawn", args=[2])
     h.spawned = spawner.get(timeout=RESULT_WAIT)
@@ -154,6 +163,11 @@ def get_tasks(m: MonitorProcess, **params: Any) -> dict[str, dict[str, Any]]:
     body = r.json()
     assert isinstance(body, dict)
     return body
+
+
+def info_or_none(m: MonitorProcess, task_id: str) -> dict[str, Any] | None:
+    r = m.client.get(f"/api/task/info/{task_id}")
+    return None if r.status_code == 404 else info(m, task_id)
 
 
 def info(m: MonitorProcess, task_id: str) -> dict[str, Any]:
