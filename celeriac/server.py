@@ -22,6 +22,7 @@ from celeriac.api.errors import APIError, handle_api_error, text_error
 from celeriac.auth import BasicAuthMiddleware
 from celeriac.cluster import Cluster
 from celeriac.settings import Settings
+from celeriac.web.pages import web_routes
 
 log = logging.getLogger("celeriac")
 
@@ -49,6 +50,7 @@ def routes() -> list[BaseRoute]:
         *workers.routes,
         *status.routes,
         *openapi.routes,
+        *web_routes,
     ]
 
 

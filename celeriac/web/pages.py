@@ -1,0 +1,31 @@
+"""The UI's routes, at Flower's paths so bookmarks carry over, plus its assets and live stream.
+
+``server.routes()`` adds :data:`web_routes` next to the API's; under ``--url-prefix`` they are
+mounted with everything else, and every page builds its links from the same prefix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from celeriac.web import stream
+from celeriac.web.dashboard import broker_page, dashboard_page
+from celeriac.web.tasks import task_page, tasks_page
+from celeriac.web.workers import worker_page, workers_page
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+web_routes: list[BaseRoute] = [
+    Route("/", dashboard_page, methods=["GET", "HEAD"]),
+    Route("/dashboard", dashboard_page, methods=["GET", "HEAD"]),
+    Route("/workers", workers_page, methods=["GET", "HEAD"]),
+    Route("/worker/{name:path}", worker_page, methods=["GET", "HEAD"]),
+    Route("/tasks", tasks_page, methods=["GET", "HEAD"]),
+    Route("/task/{task_id:path}", task_page, methods=["GET", "HEAD"]),
+    Route("/broker", broker_page, methods=["GET", "HEAD"]),
+    *stream.routes,
+    Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+]

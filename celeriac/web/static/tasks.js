@@ -1,0 +1,208 @@
+// The tasks table: filled from /api/tasks with the filters in the URL, kept live by the stream.
+// On the first page in the default order (newest first) new tasks are inserted at the top as
+// they arrive; elsewhere rows already shown are updated and new arrivals are counted.
+"use strict";
+
+(() => {
+  const SORTABLE = ["name", "received", "started", "state"]; // what the store can sort on
+  const FILTERS = ["state", "taskname", "workername", "search"];
+  const form = document.getElementById("filters");
+  const table = document.getElementById("tasks");
+  const tbody = table.querySelector("tbody");
+  const status = document.getElementById("task-status");
+  let params = new URLSearchParams(location.search);
+  let shown = 0;
+  let arrived = 0;
+  let reloadTimer = null;
+
+  const limit = () => Number(params.get("limit")) || 20;
+  const offset = () => Number(params.get("offset")) || 0;
+  const defaultView = () => !params.get("sort_by") && offset() === 0;
+
+  function cut(v, n = 80) {
+    if (v === null || v === undefined) return "";
+    const s = typeof v === "string" ? v : JSON.stringify(v);
+    return s.length > n ? `${s.slice(0, n)}…` : s;
+  }
+
+  function rowHtml(t) {
+    const link = C.url(`/task/${encodeURIComponent(t.uuid)}`);
+    const outcome = t.state === "FAILURE" || t.state === "RETRY" ? t.exception : t.result;
+    const worker = t.worker
+      ? `<a href="${C.esc(C.url("/worker/" + encodeURIComponent(t.worker)))}">` +
+        `${C.esc(t.worker)}</a>` : "";
+    const code = (v) => `<td title="${C.esc(cut(v, 400))}"><code>${C.esc(cut(v))}</code></td>`;
+    return `<td>${C.esc(t.name || "")}</td>` +
+      `<td title="${C.esc(t.uuid)}"><a href="${C.esc(link)}"><code>${C.esc(t.uuid)}</code></a>` +
+      `</td><td>${C.stateBadge(t.state)}</td>${code(t.args)}${code(t.kwargs)}${code(outcome)}` +
+      `<td>${C.timeHtml(t.received)}</td><td>${C.timeHtml(t.started)}</td>` +
+      `<td>${C.fmtDur(t.runtime)}</td><td>${worker}</td>`;
+  }
+
+  function makeRow(t) {
+    const tr = document.createElement("tr");
+    tr.dataset.uuid = t.uuid;
+    tr.dataset.state = t.state || "";
+    tr.dataset.ts = t.timestamp || 0;
+    tr.innerHTML = rowHtml(t);
+    return tr;
+  }
+
+  function apiQuery() {
+    const q = new URLSearchParams();
+    for (const k of [...FILTERS, "sort_by"]) if (params.get(k)) q.set(k, params.get(k));
+    q.set("limit", limit());
+    q.set("offset", offset());
+    return q;
+  }
+
+  function setStatus() {
+    const from = shown ? offset() + 1 : 0;
+    document.getElementById("range").textContent = shown
+      ? `${from}–${offset() + shown}` : "no tasks";
+    document.getElementById("prev").disabled = offset() === 0;
+    document.getElementById("next").disabled = shown < limit();
+    status.textContent = arrived && !defaultView()
+      ? `${arrived} new or changed since loaded — go to the first page to see them` : "";
+  }
+
+  async function load() {
+    const r = await fetch(C.url(`/api/tasks?${apiQuery()}`), { credentials: "same-origin" });
+    if (!r.ok) {
+      tbody.innerHTML = `<tr><td colspan="10" class="error">${C.esc(await r.text())}</td></tr>`;
+      shown = 0;
+      setStatus();
+      return;
+    }
+    const data = await r.json();
+    const tasks = Object.values(data);
+    tbody.replaceChildren(...tasks.map(makeRow));
+    if (!tasks.length) {
+      tbody.innerHTML = '<tr class="empty"><td colspan="10" class="muted">No tasks match.</td></tr>';
+    }
+    shown = tasks.length;
+    arrived = 0;
+    setStatus();
+    markSort();
+  }
+
+  function scheduleReload(ms = 1000) {
+    if (!reloadTimer) reloadTimer = setTimeout(() => { reloadTimer = null; load(); }, ms);
+  }
+
+  function navigate(changes) {
+    for (const [k, v] of Object.entries(changes)) {
+      if (v === null || v === "" || v === undefined) params.delete(k);
+      else params.set(k, v);
+    }
+    history.replaceState(null, "", `${location.pathname}?${params}`);
+    for (const k of [...FILTERS, "limit", "sort_by", "offset"]) {
+      const field = form.elements[k];
+      if (field) field.value = params.get(k) || (k === "limit" ? "20" : "");
+    }
+    load();
+  }
+
+  function markSort() {
+    const sort = params.get("sort_by") || "";
+    for (const th of table.querySelectorAll("th[data-col]")) {
+      const col = th.dataset.col;
+      th.classList.toggle("sortable", SORTABLE.includes(col));
+      th.dataset.dir = sort === col ? "asc" : sort === `-${col}` ? "desc" : "";
+    }
+  }
+
+  function matches(t) {
+    const eq = (a, b) => String(a || "").toLowerCase() === String(b || "").toLowerCase();
+    if (params.get("state") && t.state !== params.get("state").toUpperCase()) return false;
+    if (params.get("taskname") && !eq(t.name, params.get("taskname"))) return false;
+    if (params.get("workername") && !eq(t.worker, params.get("workername"))) return false;
+    return true;
+  }
+
+  function live(m) {
+    if (m.hello) return;
+    if (m.reset || (m.more && defaultView())) {
+      scheduleReload();
+      return;
+    }
+    const fresh = [];
+    for (const t of m.tasks) {
+      const tr = tbody.querySelector(`tr[data-uuid="${CSS.escape(t.uuid)}"]`);
+      if (tr) {
+        if (!matches(t)) continue; // left the filter: it stays until the next reload
+        tr.innerHTML = rowHtml(t);
+        tr.dataset.state = t.state || "";
+        tr.dataset.ts = t.timestamp || 0;
+        tr.classList.remove("flash");
+        void tr.offsetWidth; // restart the highlight animation
+        tr.classList.add("flash");
+      } else if (matches(t)) {
+        fresh.push(t);
+      }
+    }
+    if (!fresh.length) return;
+    if (!defaultView()) {
+      arrived += fresh.length;
+      setStatus();
+      return;
+    }
+    if (params.get("search")) {
+      scheduleReload(); // only the store knows what the search matches
+      return;
+    }
+    const empty = tbody.querySelector("tr.empty");
+    if (empty) empty.remove();
+    // Newest first: each goes where its last event puts it (a task that finished long ago but
+    // was only now seen by the stream may belong further down, or on a later page).
+    for (const t of fresh) {
+      const ts = t.timestamp || 0;
+      const before = [...tbody.rows].find((r) => Number(r.dataset.ts) < ts);
+      if (!before && tbody.rows.length >= limit()) continue;
+      const tr = makeRow(t);
+      tr.classList.add("flash");
+      tbody.insertBefore(tr, before || null);
+    }
+    while (tbody.rows.length > limit()) tbody.deleteRow(-1);
+    shown = tbody.rows.length;
+    setStatus();
+  }
+
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const f = new FormData(form);
+    const changes = { offset: null };
+    for (const k of [...FILTERS, "limit"]) changes[k] = f.get(k);
+    navigate(changes);
+  });
+  for (const sel of form.querySelectorAll("select")) {
+    sel.addEventListener("change", () => form.requestSubmit());
+  }
+  let typing = null;
+  form.elements.search.addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => form.requestSubmit(), 400);
+  });
+  table.querySelector("thead").addEventListener("click", (e) => {
+    const th = e.target.closest("th[data-col]");
+    if (!th || !SORTABLE.includes(th.dataset.col)) return;
+    const col = th.dataset.col;
+    const sort = params.get("sort_by");
+    navigate({ sort_by: sort === col ? `-${col}` : sort === `-${col}` ? null : col, offset: null });
+  });
+  document.getElementById("prev").addEventListener("click", () => {
+    navigate({ offset: Math.max(0, offset() - limit()) || null });
+  });
+  document.getElementById("next").addEventListener("click", () => {
+    navigate({ offset: offset() + limit() });
+  });
+
+  // Listen before the first load, and hold what arrives meanwhile: nothing falls in between.
+  let held = [];
+  C.onStream((m) => (held ? held.push(m) : live(m)));
+  load().then(() => {
+    const early = held;
+    held = null;
+    for (const m of early) live(m);
+  });
+})();

@@ -1,0 +1,236 @@
+"""``/tasks`` (the history, filtered, sorted, paged, live) and ``/task/<id>`` (one task whole).
+
+The tasks table is filled by ``tasks.js`` from ``/api/tasks`` and kept live by the stream; the
+filter form is plain HTML with the current choices in the URL, so a filtered view is a bookmark.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from celeriac.api.tasks import cluster_of
+from celeriac.cluster import Cluster
+from celeriac.constants import ALL_STATES, FINAL_STATES, TASK_EVENT_STATES
+from celeriac.store.base import TaskRecord
+from celeriac.web.markup import (
+    esc,
+    fmt_duration,
+    fmt_time,
+    json_script,
+    kv_table,
+    not_found,
+    page,
+    path_part,
+    pretty,
+    state_badge,
+)
+
+LIMITS = (10, 20, 50, 100, 500)
+#: Most tasks drawn in one workflow tree.
+TREE_MAX = 200
+
+
+def _select(name: str, label: str, choices: list[str], current: str | None) -> str:
+    opts = ['<option value="">All</option>'] + [
+        f'<option{" selected" if c == current else ""}>{esc(c)}</option>' for c in choices
+    ]
+    return f'<label>{label} <select name="{name}">{"".join(opts)}</select></label>'
+
+
+async def tasks_page(request: Request) -> Response:
+    cluster = cluster_of(request)
+    args = request.query_params
+    types = await run_in_threadpool(cluster.store.task_types)
+    workers = sorted(cluster.known_workers())
+    limit = args.get("limit") or "20"
+    limits = "".join(
+        f'<option{" selected" if str(n) == limit else ""}>{n}</option>' for n in LIMITS
+    )
+    form = f"""
+<form id="filters" class="filters" method="get">
+{_select("state", "State", list(ALL_STATES), args.get("state"))}
+{_select("taskname", "Name", types, args.get("taskname"))}
+{_select("workername", "Worker", workers, args.get("workername"))}
+<label class="grow">Search <input type="search" name="search" value="{esc(args.get("search"))}"
+ placeholder="text in name, id, args, result…"></label>
+<label>Rows <select name="limit">{limits}</select></label>
+<input type="hidden" name="sort_by" value="{esc(args.get("sort_by"))}">
+<input type="hidden" name="offset" value="{esc(args.get("offset"))}">
+<button type="submit">Apply</button>
+</form>"""
+    columns = [("name", "Name"), ("uuid", "UUID"), ("state", "State"), ("args", "Args"),
+               ("kwargs", "Kwargs"), ("result", "Result"), ("received", "Received"),
+               ("started", "Started"), ("runtime", "Runtime"), ("worker", "Worker")]
+    heads = "".join(f'<th data-col="{c}">{label}</th>' for c, label in columns)
+    body = f"""
+<div class="title"><h1>Tasks</h1><span id="task-status" class="muted"></span></div>
+{form}
+<div class="scroll"><table id="tasks" class="tasks"><thead><tr>{heads}</tr></thead>
+<tbody><tr><td colspan="10" class="muted">loading…</td></tr></tbody></table></div>
+<nav class="pager"><button id="prev" type="button">← Newer</button>
+<span id="range" class="muted"></span>
+<button id="next" type="button">Older →</button></nav>
+"""
+    return page(request, "Tasks", body, nav="/tasks", script="tasks.js")
+
+
+def literal(value: Any) -> tuple[bool, Any]:
+    """Task args as events carry them (a repr string) back to values, if they are literals."""
+    if value is None or value == "":
+        return True, None
+    if not isinstance(value, str):
+        return True, value
+    try:
+        return True, ast.literal_eval(value)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return False, None
+
+
+def rerun_payload(rec: TaskRecord) -> dict[str, Any] | None:
+    """``{"args", "kwargs"}`` for send-task, or None when the arguments cannot be rebuilt."""
+    ok_a, args = literal(rec.get("args"))
+    ok_k, kwargs = literal(rec.get("kwargs"))
+    if not (ok_a and ok_k) or not rec.get("name"):
+        return None
+    if isinstance(args, tuple):
+        args = list(args)
+    if args is None:
+        args = []
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        return None
+    return {"args": args, "kwargs": kwargs}
+
+
+def timeline(rec: TaskRecord) -> str:
+    events = sorted(
+        ((rec[f], kind.removeprefix("task-")) for kind, (_, f) in TASK_EVENT_STATES.items()
+         if isinstance(rec.get(f), int | float)),
+        key=lambda e: e[0],
+    )
+    if not events:
+        return '<p class="muted">No events with a time.</p>'
+    first = events[0][0]
+    items, prev = [], first
+    for ts, what in events:
+        items.append(
+            f'<li class="ev ev-{esc(what)}"><span class="ev-name">{esc(what)}</span> '
+            f"{fmt_time(ts)} <span class=muted>+{fmt_duration(ts - prev)} "
+            f"(at {fmt_duration(ts - first)})</span></li>"
+        )
+        prev = ts
+    return f'<ol class="timeline">{"".join(items)}</ol>'
+
+
+def _link(prefix: str, task_id: Any, label: str | None = None) -> str:
+    if not task_id:
+        return '<span class="muted">—</span>'
+    text = esc(label or task_id)
+    return f'<a href="{esc(prefix)}/task/{esc(path_part(str(task_id)))}"><code>{text}</code></a>'
+
+
+def workflow(cluster: Cluster, prefix: str, rec: TaskRecord) -> str:
+    """The tree from the root task down, this task highlighted; capped at TREE_MAX nodes."""
+    root_id = rec.get("root_id") or rec.get("uuid")
+    budget = [TREE_MAX]
+
+    def node(task_id: str, depth: int) -> str:
+        budget[0] -= 1
+        r = rec if task_id == rec["uuid"] else cluster.state.task(task_id)
+        me = ' class="me"' if task_id == rec["uuid"] else ""
+        label = f"{(r or {}).get('name') or '?'} {task_id[:8]}"
+        head = f"{_link(prefix, task_id, label)} {state_badge((r or {}).get('state'))}"
+        kids = (r or {}).get("children") or []
+        if not kids or depth > 20:
+            return f"<li{me}>{head}</li>"
+        parts = []
+        for kid in kids:
+            if budget[0] <= 0:
+                parts.append(f'<li class="muted">… {len(kids)} children in all</li>')
+                break
+            parts.append(node(kid, depth + 1))
+        return f"<li{me}>{head}<ul>{''.join(parts)}</ul></li>"
+
+    if root_id == rec["uuid"] and not rec.get("children"):
+        return '<p class="muted">Not part of a workflow.</p>'
+    return f'<ul class="tree">{node(str(root_id), 0)}</ul>'
+
+
+def _block(title: str, value: Any, cls: str = "") -> str:
+    if value is None or value == "":
+        return ""
+    return f'<h3>{esc(title)}</h3><pre class="{cls}">{esc(pretty(value))}</pre>'
+
+
+async def task_page(request: Request) -> Response:
+    cluster = cluster_of(request)
+    task_id = request.path_params["task_id"]
+    rec = await run_in_threadpool(cluster.state.task, task_id)
+    if rec is None:
+        return not_found(request, f"Unknown task '{task_id}'", "/tasks")
+    prefix = request.app.state.settings.prefix
+    tree = await run_in_threadpool(workflow, cluster, prefix, rec)
+    api = esc(prefix)
+    q = esc(path_part(task_id))
+    fields = [
+        ("Name", esc(rec.get("name"))),
+        ("UUID", f"<code>{esc(task_id)}</code>"),
+        ("State", state_badge(rec.get("state"))),
+        ("Worker", f'<a href="{api}/worker/{esc(path_part(rec["worker"]))}">{esc(rec["worker"])}'
+                   "</a>" if rec.get("worker") else "—"),
+        ("Client", esc(rec.get("client")) or "—"),
+        ("Runtime", fmt_duration(rec.get("runtime"))),
+        ("Retries", esc(rec.get("retries"))),
+        ("ETA", esc(rec.get("eta")) or "—"),
+        ("Expires", esc(rec.get("expires")) or "—"),
+        ("Exchange / routing key", f"{esc(rec.get('exchange')) or '—'} / "
+                                   f"{esc(rec.get('routing_key')) or '—'}"),
+        ("Parent", _link(prefix, rec.get("parent_id"))),
+        ("Root", _link(prefix, rec.get("root_id"))),
+        ("Children", " ".join(_link(prefix, c) for c in rec.get("children") or ()) or "—"),
+        ("Lamport clock", esc(rec.get("clock"))),
+        ("Last event", fmt_time(rec.get("timestamp"))),
+    ]
+    payload = rerun_payload(rec)
+    final = rec.get("state") in FINAL_STATES
+    rerun = (
+        f'<button class="act" data-post="{api}/api/task/send-task/{esc(path_part(rec["name"]))}"'
+        f' data-json="#rerun-args" data-out="out-task" data-after="goto-task"'
+        f' data-confirm="Send {esc(rec["name"])} again with the same arguments?">Re-run</button>'
+        if payload is not None
+        else '<button disabled title="arguments are not Python literals">Re-run</button>'
+    )
+    actions = f"""
+<section class="controls"><div class="row">
+<button class="act" data-post="{api}/api/task/revoke/{q}" data-out="out-task"
+ data-confirm="Revoke this task? A worker will not start it."{" disabled" if final else ""}>Revoke
+</button>
+<button class="act danger" data-post="{api}/api/task/revoke/{q}?terminate=true"
+ data-out="out-task" data-confirm="Terminate this task? Its process gets SIGTERM."
+ {" disabled" if final else ""}>Terminate</button>
+{rerun}
+</div><output id="out-task" class="reply"></output>
+{json_script("rerun-args", payload) if payload is not None else ""}
+</section>"""
+    body = f"""
+<div class="title" data-task="{esc(task_id)}" data-final="{int(final)}">
+<h1>{esc(rec.get("name") or "Task")}</h1>
+{state_badge(rec.get("state"))}</div>
+{actions}
+<div class="grid2">
+<section><h2>Fields</h2>{kv_table(fields)}</section>
+<section><h2>Timeline</h2>{timeline(rec)}<h2>Workflow</h2>{tree}</section>
+</div>
+<section><h2>Arguments and outcome</h2>
+{_block("args", rec.get("args"))}{_block("kwargs", rec.get("kwargs"))}
+{_block("result", rec.get("result"))}{_block("exception", rec.get("exception"), "error")}
+{_block("traceback", rec.get("traceback"), "traceback")}
+</section>"""
+    return page(request, f"Task {task_id[:8]}", body, nav="/tasks", script="live.js")
+
