@@ -58,6 +58,10 @@ async def tasks_page(request: Request) -> Response:
 {_select("workername", "Worker", workers, args.get("workername"))}
 <label class="grow">Search <input type="search" name="search" value="{esc(args.get("search"))}"
  placeholder="text in name, id, args, result…"></label>
+<label>Received from <input type="datetime-local" name="received_start"
+ value="{esc(_local(args.get("received_start")))}"></label>
+<label>to <input type="datetime-local" name="received_end"
+ value="{esc(_local(args.get("received_end")))}"></label>
 <label>Rows <select name="limit">{limits}</select></label>
 <input type="hidden" name="sort_by" value="{esc(args.get("sort_by"))}">
 <input type="hidden" name="offset" value="{esc(args.get("offset"))}">
@@ -67,8 +71,14 @@ async def tasks_page(request: Request) -> Response:
                ("kwargs", "Kwargs"), ("result", "Result"), ("received", "Received"),
                ("started", "Started"), ("runtime", "Runtime"), ("worker", "Worker")]
     heads = "".join(f'<th data-col="{c}">{label}</th>' for c, label in columns)
+    picks = "".join(
+        f'<label><input type="checkbox" name="col" value="{c}" checked> {label}</label>'
+        for c, label in columns
+    )
     body = f"""
-<div class="title"><h1>Tasks</h1><span id="task-status" class="muted"></span></div>
+<div class="title"><h1>Tasks</h1><span id="task-status" class="muted"></span>
+<details class="columns"><summary>Columns</summary><div id="columns">{picks}</div></details>
+</div>
 {form}
 <div class="scroll"><table id="tasks" class="tasks"><thead><tr>{heads}</tr></thead>
 <tbody><tr><td colspan="10" class="muted">loading…</td></tr></tbody></table></div>
@@ -77,6 +87,11 @@ async def tasks_page(request: Request) -> Response:
 <button id="next" type="button">Older →</button></nav>
 """
     return page(request, "Tasks", body, nav="/tasks", script="tasks.js")
+
+
+def _local(value: str | None) -> str:
+    """The API's ``YYYY-MM-DD HH:MM`` as a datetime-local input's value."""
+    return (value or "").replace(" ", "T")
 
 
 def literal(value: Any) -> tuple[bool, Any]:
@@ -119,13 +134,21 @@ def timeline(rec: TaskRecord) -> str:
     first = events[0][0]
     items, prev = [], first
     for ts, what in events:
-        items.append(
-            f'<li class="ev ev-{esc(what)}"><span class="ev-name">{esc(what)}</span> '
-            f"{fmt_time(ts)} <span class=muted>+{fmt_duration(ts - prev)} "
-            f"(at {fmt_duration(ts - first)})</span></li>"
-        )
+        after = "" if ts == first else (
+            f" <span class=muted>+{fmt_duration(ts - prev)} (at {fmt_duration(ts - first)})</span>")
+        items.append(f'<li class="ev ev-{esc(what)}"><span class="ev-name">{esc(what)}</span> '
+                     f"{fmt_time(ts)}{after}</li>")
         prev = ts
-    return f'<ol class="timeline">{"".join(items)}</ol>'
+    summary = []
+    queued_from = rec.get("sent") or rec.get("received")
+    if isinstance(queued_from, int | float) and isinstance(rec.get("started"), int | float):
+        summary.append(f"waited {fmt_duration(rec['started'] - queued_from)}")
+    if isinstance(rec.get("runtime"), int | float):
+        summary.append(f"ran {fmt_duration(rec['runtime'])}")
+    if len(events) > 1:
+        summary.append(f"{fmt_duration(events[-1][0] - first)} from first to last event")
+    line = f'<p class="muted small">{", ".join(summary)}</p>' if summary else ""
+    return f'<ol class="timeline">{"".join(items)}</ol>{line}'
 
 
 def _link(prefix: str, task_id: Any, label: str | None = None) -> str:

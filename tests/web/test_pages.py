@@ -84,6 +84,23 @@ def test_the_search_box_narrows_the_table(ui: UI, page: Any) -> None:
     assert uuids == [hit]
 
 
+def test_columns_can_be_hidden_and_the_time_range_filters(ui: UI, page: Any) -> None:
+    ui.wait_state(ui.send("tests.add", 5, 5), "SUCCESS")
+    page.goto(ui.url + "/tasks")
+    page.wait_for_selector("#tasks tbody tr[data-uuid]")
+    page.click("details.columns summary")
+    page.uncheck("#columns input[value=args]")
+    assert page.locator('#tasks th[data-col="args"]').is_hidden()
+    assert page.locator("#tasks tbody tr[data-uuid] td:nth-child(4)").first.is_hidden()
+    page.reload()  # the choice is remembered
+    page.wait_for_selector("#tasks tbody tr[data-uuid]")
+    assert page.locator('#tasks th[data-col="args"]').is_hidden()
+    page.fill("#filters input[name=received_end]", "2001-01-01T00:00")
+    page.click("#filters button[type=submit]")
+    page.wait_for_selector("#tasks tbody tr.empty")
+    assert "received_end=2001-01-01+00%3A00" in page.url
+
+
 def test_sorting_by_a_column_header(ui: UI, page: Any) -> None:
     for name in ("tests.mul", "tests.add"):
         ui.wait_state(ui.send(name, 2, 3), "SUCCESS")

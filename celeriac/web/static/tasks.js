@@ -5,7 +5,10 @@
 
 (() => {
   const SORTABLE = ["name", "received", "started", "state"]; // what the store can sort on
-  const FILTERS = ["state", "taskname", "workername", "search"];
+  const FILTERS = ["state", "taskname", "workername", "search", "received_start",
+    "received_end"];
+  const TIMES = ["received_start", "received_end"]; // datetime-local "T" <-> the API's " "
+  const HIDDEN_KEY = "celeriac.tasks.hidden";
   const form = document.getElementById("filters");
   const table = document.getElementById("tasks");
   const tbody = table.querySelector("tbody");
@@ -84,6 +87,7 @@
     arrived = 0;
     setStatus();
     markSort();
+    applyColumns();
   }
 
   function scheduleReload(ms = 1000) {
@@ -98,7 +102,8 @@
     history.replaceState(null, "", `${location.pathname}?${params}`);
     for (const k of [...FILTERS, "limit", "sort_by", "offset"]) {
       const field = form.elements[k];
-      if (field) field.value = params.get(k) || (k === "limit" ? "20" : "");
+      const value = params.get(k) || (k === "limit" ? "20" : "");
+      if (field) field.value = TIMES.includes(k) ? value.replace(" ", "T") : value;
     }
     load();
   }
@@ -112,11 +117,49 @@
     }
   }
 
+  // Choosable columns: remembered in this browser, applied to every row drawn.
+  function hiddenColumns() {
+    try {
+      return new Set(JSON.parse(localStorage.getItem(HIDDEN_KEY) || "[]"));
+    } catch (err) {
+      return new Set();
+    }
+  }
+
+  function applyColumns(only) {
+    const hidden = hiddenColumns();
+    const cols = [...table.querySelectorAll("th[data-col]")].map((th) => th.dataset.col);
+    const rows = only ? [only] : [table.tHead.rows[0], ...tbody.rows];
+    for (const tr of rows) {
+      if (tr.cells.length !== cols.length) continue; // "no tasks" and "loading" rows
+      cols.forEach((c, i) => { tr.cells[i].hidden = hidden.has(c); });
+    }
+  }
+
+  const picker = document.getElementById("columns");
+  for (const box of picker.querySelectorAll("input[name=col]")) {
+    box.checked = !hiddenColumns().has(box.value);
+    box.addEventListener("change", () => {
+      const hidden = [...picker.querySelectorAll("input[name=col]")]
+        .filter((b) => !b.checked).map((b) => b.value);
+      localStorage.setItem(HIDDEN_KEY, JSON.stringify(hidden));
+      applyColumns();
+    });
+  }
+
   function matches(t) {
     const eq = (a, b) => String(a || "").toLowerCase() === String(b || "").toLowerCase();
     if (params.get("state") && t.state !== params.get("state").toUpperCase()) return false;
     if (params.get("taskname") && !eq(t.name, params.get("taskname"))) return false;
     if (params.get("workername") && !eq(t.worker, params.get("workername"))) return false;
+    const from = params.get("received_start");
+    const to = params.get("received_end");
+    if (from || to) {
+      if (typeof t.received !== "number") return false;
+      const at = t.received * 1000;
+      if (from && at <= new Date(from.replace(" ", "T")).getTime()) return false;
+      if (to && at >= new Date(to.replace(" ", "T")).getTime()) return false;
+    }
     return true;
   }
 
@@ -137,6 +180,7 @@
         tr.classList.remove("flash");
         void tr.offsetWidth; // restart the highlight animation
         tr.classList.add("flash");
+        applyColumns(tr);
       } else if (matches(t)) {
         fresh.push(t);
       }
@@ -165,6 +209,7 @@
     }
     while (tbody.rows.length > limit()) tbody.deleteRow(-1);
     shown = tbody.rows.length;
+    applyColumns();
     setStatus();
   }
 
@@ -172,7 +217,10 @@
     e.preventDefault();
     const f = new FormData(form);
     const changes = { offset: null };
-    for (const k of [...FILTERS, "limit"]) changes[k] = f.get(k);
+    for (const k of [...FILTERS, "limit"]) {
+      const v = f.get(k);
+      changes[k] = TIMES.includes(k) && v ? v.replace("T", " ") : v;
+    }
     navigate(changes);
   });
   for (const sel of form.querySelectorAll("select")) {
