@@ -17,6 +17,7 @@ from celeriac.queues import queue_lengths
 from celeriac.web.hub import count_tasks, worker_summary
 from celeriac.web.markup import esc, json_script, page, path_part, table
 from celeriac.web.stream import hub_of
+from celeriac.web.workers import refresh
 
 
 async def dashboard_page(request: Request) -> Response:
@@ -64,7 +65,7 @@ async def dashboard_page(request: Request) -> Response:
 async def broker_page(request: Request) -> Response:
     cluster = cluster_of(request)
     if not cluster.worker_info:
-        await cluster.refresh_workers()
+        await refresh(request)
     consumers: dict[str, list[str]] = {}
     for worker, info in sorted(cluster.worker_info.items()):
         for q in info.get("active_queues") or ():

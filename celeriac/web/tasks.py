@@ -123,30 +123,41 @@ def rerun_payload(rec: TaskRecord) -> dict[str, Any] | None:
     return {"args": args, "kwargs": kwargs}
 
 
+_ENDS = ("succeeded", "failed", "revoked", "rejected")
+
+
+def _delta(seconds: float) -> str:
+    return fmt_duration(seconds) if seconds >= 0 else "0 (clocks differ)"
+
+
 def timeline(rec: TaskRecord) -> str:
+    # In time order, except that "sent" opens and the end closes: they come from different
+    # machines' clocks (the client's, the worker's), which may disagree by a little.
     events = sorted(
-        ((rec[f], kind.removeprefix("task-")) for kind, (_, f) in TASK_EVENT_STATES.items()
+        ((rec[f], kind.removeprefix("task-")) for kind, (state, f) in TASK_EVENT_STATES.items()
          if isinstance(rec.get(f), int | float)),
-        key=lambda e: e[0],
+        key=lambda e: (0 if e[1] == "sent" else 2 if e[1] in _ENDS else 1, e[0]),
     )
     if not events:
         return '<p class="muted">No events with a time.</p>'
-    first = events[0][0]
-    items, prev = [], first
-    for ts, what in events:
-        after = "" if ts == first else (
-            f" <span class=muted>+{fmt_duration(ts - prev)} (at {fmt_duration(ts - first)})</span>")
+    origin = min(ts for ts, _ in events)
+    items, prev = [], events[0][0]
+    for i, (ts, what) in enumerate(events):
+        after = "" if i == 0 else (
+            f" <span class=muted>+{_delta(ts - prev)} (at {fmt_duration(ts - origin)})</span>")
         items.append(f'<li class="ev ev-{esc(what)}"><span class="ev-name">{esc(what)}</span> '
                      f"{fmt_time(ts)}{after}</li>")
         prev = ts
     summary = []
-    queued_from = rec.get("sent") or rec.get("received")
+    # Waiting is measured on one clock where possible: the worker's received -> started.
+    queued_from = rec.get("received") or rec.get("sent")
     if isinstance(queued_from, int | float) and isinstance(rec.get("started"), int | float):
-        summary.append(f"waited {fmt_duration(rec['started'] - queued_from)}")
+        summary.append(f"waited {_delta(rec['started'] - queued_from)}")
     if isinstance(rec.get("runtime"), int | float):
         summary.append(f"ran {fmt_duration(rec['runtime'])}")
     if len(events) > 1:
-        summary.append(f"{fmt_duration(events[-1][0] - first)} from first to last event")
+        summary.append(f"{fmt_duration(max(ts for ts, _ in events) - origin)} from first to last"
+                       " event")
     line = f'<p class="muted small">{", ".join(summary)}</p>' if summary else ""
     return f'<ol class="timeline">{"".join(items)}</ol>{line}'
 

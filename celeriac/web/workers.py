@@ -6,6 +6,7 @@ asks that one worker afresh on every load. Buttons post to the JSON API (see ``a
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -25,6 +26,22 @@ from celeriac.web.markup import (
     status_badge,
     table,
 )
+
+
+async def refresh(request: Request, name: str | None = None) -> None:
+    """Inspect the workers, sharing one round of inspect among pages that ask at once.
+
+    Several tabs (and the redraws after each button) would otherwise each start their own
+    round of inspect calls for the same answers.
+    """
+    state = request.app.state
+    rounds: dict[str | None, asyncio.Task[None]] | None = getattr(state, "web_refreshes", None)
+    if rounds is None:
+        rounds = state.web_refreshes = {}
+    running = rounds.get(name)
+    if running is None or running.done():
+        running = rounds[name] = asyncio.ensure_future(cluster_of(request).refresh_workers(name))
+    await asyncio.shield(running)
 
 
 def _load(info: dict[str, Any]) -> str:
@@ -49,7 +66,7 @@ async def workers_page(request: Request) -> Response:
     if request.query_params.get("refresh") or set(cluster.state.online_workers()) - set(
         cluster.worker_info
     ):
-        await cluster.refresh_workers()
+        await refresh(request)
     live = cluster.state.workers()
     names = sorted(set(live) | set(cluster.worker_info))
     prefix = request.app.state.settings.prefix
@@ -181,7 +198,7 @@ async def worker_page(request: Request) -> Response:
     name = request.path_params["name"]
     if not cluster.is_worker(name):
         return not_found(request, f"Unknown worker '{name}'", "/workers")
-    await cluster.refresh_workers(name)
+    await refresh(request, name)
     info = cluster.worker_info.get(name, {})
     live = cluster.state.workers().get(name, {})
     prefix = request.app.state.settings.prefix

@@ -79,3 +79,13 @@ def test_a_slow_reader_gets_every_tick_it_missed_merged() -> None:
     assert len(message["samples"]) == 3
     # One that fell further behind than the history is told to reload.
     assert delta(hub, 1)["reset"] is True  # type: ignore[arg-type]
+
+
+def test_timeline_keeps_sent_first_and_the_end_last_whatever_the_clocks_say() -> None:
+    from celeriac.web.tasks import timeline
+
+    html = timeline({"sent": 10.5, "received": 10.0, "started": 10.1, "failed": 10.2,
+                     "runtime": None})
+    names = re.findall(r'class="ev-name">(\w+)<', html)
+    assert names == ["sent", "received", "started", "failed"]
+    assert "clocks differ" in html and "-" not in re.sub(r"<[^>]+>|\d{4}-\d\d-\d\d", "", html)
