@@ -238,7 +238,8 @@ async def worker_page(request: Request) -> Response:
     registered = [str(t) for t in info.get("registered") or ()]
     conf = info.get("conf") or {}
     body = f"""
-<div class="title"><h1>{esc(name)}</h1>{status_badge(bool(live.get("online")))}</div>
+<div class="title"><h1>{esc(name)}</h1>{status_badge(bool(live.get("online")))}
+<a class="button" href="{api}/worker/{esc(path_part(name))}">Refresh</a></div>
 {stale}
 <div class="grid2">
 <section><h2>Worker</h2>{kv_table(general)}</section>
