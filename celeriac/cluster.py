@@ -118,21 +118,48 @@ class Cluster:
         if workername:
             targets: list[str] | None = [workername]
             expected: int | None = 1
-            methods = INSPECT_ALWAYS + INSPECT_DETAIL
+            methods: tuple[str, ...] = INSPECT_ALWAYS + INSPECT_DETAIL
         else:
-            targets = None
-            online = self.state.online_workers()
-            # Waiting for exactly the workers we know are alive makes a refresh take
-            # milliseconds; with none known we must wait out the timeout to find any.
+            # Ask exactly the workers we know are alive, and wait until each has answered: a
+            # refresh takes milliseconds instead of the whole inspect timeout. Naming them
+            # matters: a worker the events do not show (no heartbeats, or not seen yet) would
+            # answer a broadcast too, count towards the replies awaited, and a known worker
+            # would be missed. With none known we must wait out the timeout to find any.
+            online = sorted(self.state.online_workers())
+            targets = online or None
             expected = len(online) or None
             methods = INSPECT_ALWAYS
-        replies = await self.control.inspect(methods, targets, expected)
+        self._merge(await self.control.inspect(methods, targets, expected))
+        self._purge_offline()
+
+    async def fill_workers(self) -> None:
+        """Inspect the workers seen online in events but never inspected yet.
+
+        Flower inspects a worker when its ``worker-online`` event arrives; asking lazily here,
+        before answering from ``worker_info``, gives the same answers off the event thread.
+        """
+        if not self.worker_info:
+            await self.refresh_workers()
+            return
+        missing = sorted(set(self.state.online_workers()) - set(self.worker_info))
+        if missing:
+            self._merge(await self.control.inspect(INSPECT_ALWAYS, missing, len(missing)))
+
+    async def refresh_queues(self) -> None:
+        """Re-read what the online workers consume (add/cancel-consumer change it)."""
+        await self.fill_workers()
+        online = sorted(set(self.state.online_workers()) & set(self.worker_info))
+        if online:
+            replies = await self.control.inspect(("active_queues",), online, len(online))
+            self._merge(replies, stamp=False)
+
+    def _merge(self, replies: dict[str, dict[str, Any]], stamp: bool = True) -> None:
         now = time.time()
         for worker, info in replies.items():
             entry = self.worker_info.setdefault(worker, {})
             entry.update(info)
-            entry["timestamp"] = now
-        self._purge_offline()
+            if stamp or "timestamp" not in entry:
+                entry["timestamp"] = now
 
     def _purge_offline(self) -> None:
         limit = self.settings.purge_offline_workers

@@ -27,8 +27,12 @@ async def list_workers(request: Request) -> Response:
         return json_response(cluster.worker_status())
     if workername and not cluster.is_worker(workername):
         raise APIError(404, f"Unknown worker '{workername}'")
-    if refresh or not cluster.worker_info or (workername and workername not in cluster.worker_info):
+    if refresh:
         await cluster.refresh_workers(workername)
+    else:
+        await cluster.fill_workers()
+        if workername and workername not in cluster.worker_info:
+            await cluster.refresh_workers(workername)
     if workername:
         if workername not in cluster.worker_info:
             raise APIError(404, f"Unknown worker '{workername}'")
@@ -45,7 +49,11 @@ def _worker(request: Request) -> tuple[Cluster, str]:
 
 
 def _reply_or_fail(reply: dict[str, Any] | None, failure: str) -> Any:
-    """The worker's ``ok`` text, or a 403 with its error (a silent worker is a 504)."""
+    """The worker's ``ok`` text, or a 403 with its error.
+
+    A worker that does not answer within the inspect timeout (one that died but is still
+    listed) is a 504, as everywhere in this API; Flower gives 403 "...: Unknown reason".
+    """
     if reply is None:
         raise APIError(504, f"{failure}: no reply from the worker")
     if "error" in reply:
@@ -84,9 +92,9 @@ async def autoscale(request: Request) -> Response:
     cluster, name = _worker(request)
     args = await arguments(request)
     low = get_int(args, "min")
-    high = get_int(args, "max")
     if low is None:
         raise APIError(400, "Missing argument min")
+    high = get_int(args, "max")
     if high is None:
         raise APIError(400, "Missing argument max")
     if low < 0 or high < 1 or low > high:
@@ -114,16 +122,21 @@ async def cancel_consumer(request: Request) -> Response:
 
 async def queues_length(request: Request) -> Response:
     cluster = cluster_of(request)
-    if not cluster.worker_info:
-        await cluster.refresh_workers()
-    names: list[str] = []
+    await cluster.refresh_queues()
+    names: set[str] = set()
     for info in cluster.worker_info.values():
         for q in info.get("active_queues") or ():
-            if isinstance(q, dict) and q.get("name") and q["name"] not in names:
-                names.append(q["name"])
-    lengths = await cluster.control.run(queue_lengths, cluster.app, names)
+            if isinstance(q, dict) and q.get("name"):
+                names.add(q["name"])
+    if not names:
+        # As Flower: with no worker to ask, the queues the app declares.
+        conf = cluster.app.conf
+        names.add(conf.task_default_queue)
+        names.update(q.name for q in conf.task_queues or () if getattr(q, "name", None))
+    ordered = sorted(names)
+    lengths = await cluster.control.run(queue_lengths, cluster.app, ordered)
     return json_response(
-        {"active_queues": [{"name": n, "messages": lengths.get(n, 0)} for n in names]}
+        {"active_queues": [{"name": n, "messages": lengths.get(n, 0)} for n in ordered]}
     )
 
 

@@ -1,0 +1,1 @@
+"""Flower's REST API, endpoint by endpoint, against real workers on Redis and RabbitMQ."""
