@@ -67,6 +67,26 @@ def open_store(settings: Settings) -> TaskStore:
 
 
 def open_source(settings: Settings, app: Celery, state: State, control: Control) -> EventSource:
+    """The fastest reader that speaks the broker's transport; Celery's receiver otherwise."""
+    with app.connection_for_read() as conn:
+        transport = conn.transport.driver_type
+        url = conn.as_uri(include_password=True)
+        options = dict(conn.transport_options or {})
+    if transport == "redis":
+        from celeriac.events.redis import RedisEventSource
+
+        return RedisEventSource(
+            url,
+            state.apply,
+            wake=control.wake_workers,
+            key_prefix=str(options.get("global_keyprefix", "")),
+        )
+    if transport == "amqp":
+        from celeriac.events.amqp import AmqpEventSource
+
+        return AmqpEventSource(
+            app, state.apply, queue_name=settings.event_queue, wake=control.wake_workers
+        )
     from celeriac.events.kombu import KombuEventSource
 
     return KombuEventSource(app, state.apply, wake=control.wake_workers)

@@ -124,7 +124,7 @@ def test_broker_restart_is_reconnected_without_restarting_celeriac(
         assert events["connected"] is True
         assert events["reconnects"] >= 1
         assert events["gaps"] >= 1
-        assert "reconnected" in log_path.read_text()
+        assert "s blind" in log_path.read_text()  # the one log line that says how long
         assert proc.poll() is None
     finally:
         client.close()
