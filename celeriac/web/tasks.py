@@ -253,7 +253,8 @@ async def task_page(request: Request) -> Response:
 {json_script("rerun-args", payload) if payload is not None else ""}
 </section>"""
     body = f"""
-<div class="title" data-task="{esc(task_id)}" data-final="{int(final)}">
+<div class="title" data-task="{esc(task_id)}" data-final="{int(final)}"
+ data-state="{esc(rec.get("state"))}" data-ts="{esc(rec.get("timestamp"))}">
 <h1>{esc(rec.get("name") or "Task")}</h1>
 {state_badge(rec.get("state"))}</div>
 {actions}

@@ -170,9 +170,11 @@ const C = (() => {
     } finally {
       el.classList.remove("busy");
     }
-    if (out) {
-      out.className = `reply ${ok ? "ok" : "err"}`;
-      out.textContent = text;
+    // The page may have been redrawn meanwhile: write to the output that is there now.
+    const shown = el.dataset.out ? document.getElementById(el.dataset.out) : null;
+    if (shown) {
+      shown.className = `reply ${ok ? "ok" : "err"}`;
+      shown.textContent = text;
     }
     if (!ok) return;
     const after = el.dataset.after;
@@ -181,9 +183,9 @@ const C = (() => {
       setTimeout(reloadMain, 800);
       setTimeout(reloadMain, 3000);
     }
-    if (after === "goto-task" && reply && reply["task-id"] && out) {
+    if (after === "goto-task" && reply && reply["task-id"] && shown) {
       const id = reply["task-id"];
-      out.innerHTML = `Sent: <a href="${esc(url("/task/" + encodeURIComponent(id)))}">` +
+      shown.innerHTML = `Sent: <a href="${esc(url("/task/" + encodeURIComponent(id)))}">` +
         `${esc(id)}</a>`;
     }
   }

@@ -17,7 +17,9 @@
     const shown = document.querySelector("[data-task]");
     if (!shown || pending) return;
     const id = shown.dataset.task;
-    const mine = message.tasks.some((t) => t.uuid === id);
+    // Only news redraws: the stream may repeat what the page already shows.
+    const mine = message.tasks.some((t) => t.uuid === id && (
+      t.state !== shown.dataset.state || String(t.timestamp) !== shown.dataset.ts));
     if (mine || (message.more && shown.dataset.final !== "1")) {
       // Let a burst of events settle into one redraw.
       pending = setTimeout(() => {
