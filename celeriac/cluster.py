@@ -24,6 +24,10 @@ from celeriac.store.memory import MemoryStore
 log = logging.getLogger("celeriac")
 
 
+#: How long a plain /api/workers leaves alone a worker that did not answer an inspect.
+SILENT_RETRY_S = 30.0
+
+
 class BrokerUnreachable(RuntimeError):
     pass
 
@@ -103,6 +107,9 @@ class Cluster:
         self.source = open_source(settings, self.app, self.state, self.control)
         # Worker details from inspect replies, kept across refreshes: {hostname: info}.
         self.worker_info: dict[str, dict[str, Any]] = {}
+        # Workers that did not answer an inspect, and when: a plain /api/workers does not
+        # wait on them again for SILENT_RETRY_S (refresh=true always asks).
+        self._silent: dict[str, float] = {}
         self.started_at = time.time()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -149,7 +156,9 @@ class Cluster:
             targets = online or None
             expected = len(online) or None
             methods = INSPECT_ALWAYS
-        self._merge(await self.control.inspect(methods, targets, expected))
+        replies = await self.control.inspect(methods, targets, expected)
+        self._merge(replies)
+        self._note_silent(targets or [], replies)
         self._purge_offline()
 
     async def fill_workers(self) -> None:
@@ -158,12 +167,26 @@ class Cluster:
         Flower inspects a worker when its ``worker-online`` event arrives; asking lazily here,
         before answering from ``worker_info``, gives the same answers off the event thread.
         """
+        now = time.monotonic()
+        quiet = {w for w, since in self._silent.items() if now - since < SILENT_RETRY_S}
+        online = set(self.state.online_workers())
         if not self.worker_info:
-            await self.refresh_workers()
+            if not online or online - quiet:
+                await self.refresh_workers()
             return
-        missing = sorted(set(self.state.online_workers()) - set(self.worker_info))
+        missing = sorted(online - set(self.worker_info) - quiet)
         if missing:
-            self._merge(await self.control.inspect(INSPECT_ALWAYS, missing, len(missing)))
+            replies = await self.control.inspect(INSPECT_ALWAYS, missing, len(missing))
+            self._merge(replies)
+            self._note_silent(missing, replies)
+
+    def _note_silent(self, asked: list[str], replies: dict[str, Any]) -> None:
+        now = time.monotonic()
+        for worker in asked:
+            if worker in replies:
+                self._silent.pop(worker, None)
+            else:
+                self._silent[worker] = now
 
     async def refresh_queues(self) -> None:
         """Re-read what the online workers consume (add/cancel-consumer change it)."""
