@@ -39,7 +39,10 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--purge-offline-workers", "--purge_offline_workers",
                      "purge_offline_workers", type=float,
                      help="Forget workers offline for this many seconds."),
-        click.option("--db", help="Task store: a SQLite path, or :memory: [memory]."),
+        click.option("--db", help="Task store: a SQLite path, or :memory: for none "
+                     "[a file per broker in the user data directory]."),
+        click.option("--max-age", "--max_age", "max_age",
+                     help="Prune finished tasks older than this (90s, 15m, 12h, 7d)."),
         click.option("--event-queue", "--event_queue", "event_queue",
                      help="RabbitMQ: a stable event queue name, kept across restarts."),
         click.option("--log-level", "--log_level", "log_level",

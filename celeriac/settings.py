@@ -47,6 +47,25 @@ def parse_basic_auth(value: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` -> seconds."""
+    text = value.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:]) if text else None
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise SettingsError(
+            f"expected a duration like 90s, 15m, 12h or 7d, got {value!r}"
+        ) from None
+    if seconds <= 0 or seconds != seconds or seconds == float("inf"):
+        raise SettingsError(f"a duration must be positive, got {value!r}")
+    return seconds
+
+
 def redact_url(url: str) -> str:
     """The URL without its password, for logs and pages."""
     try:
@@ -77,7 +96,8 @@ class Settings:
     inspect_timeout: float = 1000.0  # milliseconds, as Flower's --inspect_timeout
     purge_offline_workers: float | None = None  # seconds; None keeps offline workers listed
     event_queue: str | None = None  # RabbitMQ: a stable queue name survives restarts
-    db: str | None = None
+    db: str | None = None  # SQLite path, ":memory:" for no persistence; None = the default file
+    max_age: float | None = None  # seconds; finished tasks older than this are pruned
     log_level: str = "info"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -137,6 +157,7 @@ def _convert(name: str, raw: str) -> Any:
         "max_tasks": int,
         "inspect_timeout": float,
         "purge_offline_workers": float,
+        "max_age": parse_duration,
         "unauthenticated_api": lambda v: parse_bool(v, name),
         "basic_auth": parse_basic_auth,
     }
