@@ -14,7 +14,12 @@ from starlette.routing import Route
 
 from celeriac.api.errors import APIError
 from celeriac.api.params import arguments, get_bool, get_float, get_str, json_object
-from celeriac.api.responses import json_response, run_waiting, task_result_fields
+from celeriac.api.responses import (
+    json_response,
+    run_waiting,
+    task_result_fields,
+    wait_for_result,
+)
 from celeriac.api.tasks import cluster_of
 from celeriac.cluster import Cluster
 
@@ -119,8 +124,10 @@ async def apply(request: Request) -> Response:
         # A result of this thread's own (Celery's backends are per thread).
         mine = AsyncResult(task_id, app=cluster.app)
         try:
-            mine.get(timeout=timeout or MAX_APPLY_WAIT, propagate=False)
-        except Exception:  # timed out: answer with the state so far, without a result
+            done = wait_for_result(mine, timeout or MAX_APPLY_WAIT)
+        except Exception:  # the backend failed: answer with what can be read
+            done = False
+        if not done:  # timed out: the state so far, without a result
             return {"task-id": task_id, "state": _state(mine)}
         return task_result_fields(task_id, mine)
 

@@ -14,7 +14,12 @@ from starlette.routing import Route
 
 from celeriac.api.errors import APIError
 from celeriac.api.params import arguments, get_float, get_int, get_str
-from celeriac.api.responses import json_response, run_waiting, task_result_fields
+from celeriac.api.responses import (
+    json_response,
+    run_waiting,
+    task_result_fields,
+    wait_for_result,
+)
 from celeriac.cluster import Cluster
 from celeriac.store.base import SORT_KEYS, TaskQuery
 
@@ -119,7 +124,7 @@ async def task_result(request: Request) -> Response:
         if timeout:  # as Flower: 0 means do not wait
             # A timeout (or a backend error) leaves the state as it is.
             with contextlib.suppress(Exception):
-                result.get(timeout=min(max(timeout, 0.0), 3600.0), propagate=False)
+                wait_for_result(result, min(max(timeout, 0.0), 3600.0))
         # Read the state after the wait: a task that finished meanwhile reports its final
         # state (Flower reports the one read before the wait).
         return task_result_fields(task_id, result)

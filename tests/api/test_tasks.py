@@ -215,8 +215,12 @@ def test_every_task_has_every_key_of_the_seed(monitor: MonitorProcess, history: 
 
 def test_newest_first_by_default(monitor: MonitorProcess, history: History) -> None:
     tasks = get_tasks(monitor)
-    listed = [i for i in tasks if i in set(history.order)]
-    assert listed == list(reversed(history.order))
+    # The links of a chain are run one after the other, but the worker may stamp one's
+    # task-succeeded after the next one's: only tasks run one at a time have a known order.
+    one_by_one = [i for i in history.order if i not in history.chain]
+    listed = [i for i in tasks if i in set(one_by_one)]
+    assert listed == list(reversed(one_by_one))
+    assert set(history.chain) <= set(list(tasks)[:len(history.chain) + 3])
     stamps = [t["timestamp"] for t in tasks.values()]
     assert stamps == sorted(stamps, reverse=True)
 
@@ -481,7 +485,7 @@ def test_result_of_an_unknown_id_is_pending_without_result(monitor: MonitorProce
     # A wait on a task that never comes ends at the timeout, still PENDING.
     assert get_result(monitor, "no-such-id", timeout="0.5") == {
         "task-id": "no-such-id", "state": "PENDING"}
-    assert 0.4 < time.monotonic() - started < 10
+    assert 0.45 < time.monotonic() - started < 3
 
 
 def test_result_timeout_reports_the_final_state(
@@ -511,7 +515,7 @@ def test_result_timeout_that_expires_gives_the_state_so_far(
     wait_for(lambda: sent.state == "STARTED", 20, 0.05, "the sleep task to start")
     started = time.monotonic()
     body = get_result(monitor, sent.id, timeout="0.5")
-    assert time.monotonic() - started < 2.5
+    assert 0.45 < time.monotonic() - started < 2.0
     assert body == {"task-id": sent.id, "state": "STARTED"}
     sent.get(timeout=RESULT_WAIT)
 
