@@ -7,6 +7,7 @@ command line can be switched to celeriac by changing the program name.
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -29,9 +30,23 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Serve under this path, behind a reverse proxy."),
         click.option("--basic-auth", "--basic_auth", "basic_auth",
                      help="user:password[,user:password...] for HTTP basic auth."),
+        click.option("--basic-auth-read-only", "--basic_auth_read_only", "basic_auth_read_only",
+                     help="user:password[,...]: basic-auth users who can read but not act."),
+        click.option("--api-token", "--api_token", "api_tokens", multiple=True,
+                     metavar="NAME:TOKEN[:read-only]",
+                     help="A bearer token for the API (repeatable; also CELERIAC_API_TOKENS, "
+                          "comma-separated). Admin unless marked read-only."),
+        click.option("--api-token-file", "--api_token_file", "api_token_file",
+                     type=click.Path(dir_okay=False),
+                     help="A file of API tokens, NAME:TOKEN[:read-only] one a line."),
         click.option("--unauthenticated-api", "--unauthenticated_api", "unauthenticated_api",
                      is_flag=True, default=None,
                      help="Allow the API without credentials (FLOWER_UNAUTHENTICATED_API)."),
+        click.option("--metrics-public", "--metrics_public", "metrics_public",
+                     is_flag=True, default=None,
+                     help="Serve /metrics without credentials."),
+        click.option("--certfile", help="TLS: PEM certificate (chain), to serve https."),
+        click.option("--keyfile", help="TLS: PEM private key, unless it is in --certfile."),
         click.option("--max-tasks", "--max_tasks", "max_tasks", type=int,
                      help="How many tasks to keep [100000]."),
         click.option("--inspect-timeout", "--inspect_timeout", "inspect_timeout", type=float,
@@ -60,6 +75,11 @@ def _serve(flags: dict[str, Any], app: Any = None) -> None:
 
     try:
         settings = Settings.build(flags)
+        if settings.exposed_without_auth:
+            _fail(f"refusing to listen on {settings.address} without credentials: give "
+                  "--basic-auth or --api-token, or --unauthenticated-api to let anyone in",
+                  code=2)
+        _check_tls(settings)
         _setup_logging(settings.log_level)
         cluster = Cluster(settings, app=app)
         cluster.check_broker()
@@ -67,14 +87,20 @@ def _serve(flags: dict[str, Any], app: Any = None) -> None:
         _fail(f"invalid setting: {exc}", code=2)
     except BrokerUnreachable as exc:
         _fail(str(exc), code=1)
-    if settings.address not in ("127.0.0.1", "localhost", "::1") and not (
-        settings.basic_auth or settings.unauthenticated_api
-    ):
-        logging.getLogger("celeriac").warning(
-            "listening on %s with no credentials configured: the API answers 401 to everyone",
-            settings.address,
-        )
     serve(settings, cluster)
+
+
+def _check_tls(settings: Settings) -> None:
+    """Load the certificate and key now, so a bad pair is one line rather than a traceback."""
+    if not settings.certfile:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # An encrypted key would make OpenSSL prompt on the terminal; fail instead.
+        context.load_cert_chain(settings.certfile, settings.keyfile, password=lambda: b"")
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise SettingsError(f"certfile: cannot load the certificate and key: {reason}") from None
 
 
 def _fail(message: str, code: int) -> None:

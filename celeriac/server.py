@@ -16,15 +16,19 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from celeriac import auth
 from celeriac.api import openapi, status, task_actions, tasks, workers
 from celeriac.api.errors import APIError, handle_api_error, text_error
-from celeriac.auth import BasicAuthMiddleware
 from celeriac.cluster import Cluster
 from celeriac.settings import Settings
 from celeriac.web.pages import web_routes
 
 log = logging.getLogger("celeriac")
+
+#: The largest request body accepted; a larger one is answered 413 without being read.
+MAX_BODY_BYTES = 1024 * 1024
 
 
 async def healthcheck(request: Request) -> Response:
@@ -40,6 +44,50 @@ async def server_error(request: Request, exc: Exception) -> Response:
     # Never a traceback on the wire; the log has it.
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return text_error(500, "Internal error")
+
+
+class BodyLimitMiddleware:
+    """413 for a body over ``max_bytes``: at once from Content-Length, or as soon as a chunked
+    body grows past it, so no client can make celeriac buffer an unbounded body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                size = -1
+            if size < 0:
+                await text_error(400, "Invalid Content-Length")(scope, receive, send)
+                return
+            if size > self.max_bytes:
+                await self._too_large()(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise HTTPException(413, self._too_large_text())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _too_large_text(self) -> str:
+        return f"Request body larger than {self.max_bytes} bytes"
+
+    def _too_large(self) -> Response:
+        return text_error(413, self._too_large_text())
 
 
 def routes() -> list[BaseRoute]:
@@ -76,7 +124,10 @@ def create_app(settings: Settings, cluster: Cluster | None = None) -> Starlette:
             HTTPException: http_error,
             Exception: server_error,
         },
-        middleware=[Middleware(BasicAuthMiddleware, settings=settings)],
+        middleware=[
+            Middleware(auth.AuthMiddleware, settings=settings),
+            Middleware(BodyLimitMiddleware),
+        ],
         lifespan=lifespan,
     )
     app.state.cluster = cluster
@@ -88,6 +139,7 @@ def serve(settings: Settings, cluster: Cluster | None = None) -> None:
     import uvicorn
 
     app = create_app(settings, cluster)
+    log.info("%s", auth.describe(settings))
     config = uvicorn.Config(
         app,
         host=settings.address,
@@ -96,5 +148,7 @@ def serve(settings: Settings, cluster: Cluster | None = None) -> None:
         access_log=settings.log_level == "debug",
         lifespan="on",
         timeout_graceful_shutdown=5,
+        ssl_certfile=settings.certfile,
+        ssl_keyfile=settings.keyfile,
     )
     uvicorn.Server(config).run()

@@ -3,11 +3,15 @@
 Every constructor in celeriac takes what it needs from a :class:`Settings`; nothing reads the
 environment anywhere else. Precedence: explicit flag, then ``CELERIAC_<NAME>``, then default.
 Flower's ``FLOWER_UNAUTHENTICATED_API`` is honoured so that scripts written for Flower keep working.
+
+Secrets (passwords, API tokens) are kept out of ``repr`` and out of every error message, so a
+settings object or a refused value can be logged without leaking them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -33,7 +37,7 @@ def parse_bool(value: str | bool, name: str = "value") -> bool:
     raise SettingsError(f"{name}: expected true or false, got {value!r}")
 
 
-def parse_basic_auth(value: str) -> tuple[tuple[str, str], ...]:
+def parse_basic_auth(value: str, name: str = "basic_auth") -> tuple[tuple[str, str], ...]:
     """Flower's format: ``user:pass,user2:pass2``."""
     pairs = []
     for item in value.split(","):
@@ -42,9 +46,67 @@ def parse_basic_auth(value: str) -> tuple[tuple[str, str], ...]:
             continue
         user, sep, password = item.partition(":")
         if not sep or not user or not password:
-            raise SettingsError("basic_auth: expected user:password[,user:password...]")
+            raise SettingsError(f"{name}: expected user:password[,user:password...]")
         pairs.append((user, password))
     return tuple(pairs)
+
+
+READ_ONLY = "read-only"
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """A bearer token for the API. ``name`` identifies it in logs; the token never shows."""
+
+    name: str
+    token: str = field(repr=False)
+    read_only: bool = False
+
+
+def parse_api_token(value: str, where: str = "api_tokens") -> ApiToken:
+    """``NAME:TOKEN`` (admin) or ``NAME:TOKEN:read-only``. The error never quotes the value."""
+    name, sep, token = value.strip().partition(":")
+    read_only = False
+    if token.endswith(f":{READ_ONLY}"):
+        token, read_only = token[: -len(READ_ONLY) - 1], True
+    elif token.endswith(":admin"):
+        token = token[: -len(":admin")]
+    name, token = name.strip(), token.strip()
+    if not sep or not name or not token:
+        raise SettingsError(f"{where}: expected NAME:TOKEN or NAME:TOKEN:read-only")
+    if any(c.isspace() or c == "," for c in token):
+        raise SettingsError(f"{where}: the token of {name!r} contains a space or a comma")
+    return ApiToken(name, token, read_only)
+
+
+def parse_api_tokens(value: str) -> tuple[ApiToken, ...]:
+    """``CELERIAC_API_TOKENS``: comma-separated ``NAME:TOKEN[:read-only]`` items."""
+    return tuple(parse_api_token(item) for item in value.split(",") if item.strip())
+
+
+def read_token_file(path: str) -> tuple[ApiToken, ...]:
+    """One ``NAME:TOKEN[:read-only]`` a line; blank lines and ``#`` comments are skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
+        raise SettingsError(f"api_token_file: cannot read {path}: {reason}") from None
+    tokens = []
+    for number, line in enumerate(lines, 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            tokens.append(parse_api_token(line, f"api_token_file: {path} line {number}"))
+    return tuple(tokens)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether listening on ``address`` keeps celeriac reachable from this machine only."""
+    if address.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -90,8 +152,14 @@ class Settings:
     address: str = "127.0.0.1"
     port: int = 5555
     url_prefix: str = ""
-    basic_auth: tuple[tuple[str, str], ...] = ()
+    basic_auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    basic_auth_read_only: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    api_tokens: tuple[ApiToken, ...] = field(default=(), repr=False)  # env, flags and file
+    api_token_file: str | None = None
     unauthenticated_api: bool = False
+    metrics_public: bool = False  # /metrics without credentials
+    certfile: str | None = None  # TLS: PEM certificate (chain); the key too unless keyfile
+    keyfile: str | None = None
     max_tasks: int = 100_000
     inspect_timeout: float = 1000.0  # milliseconds, as Flower's --inspect_timeout
     purge_offline_workers: float | None = None  # seconds; None keeps offline workers listed
@@ -108,6 +176,17 @@ class Settings:
     @property
     def auth_required(self) -> bool:
         return not self.unauthenticated_api
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.basic_auth or self.basic_auth_read_only or self.api_tokens)
+
+    @property
+    def exposed_without_auth(self) -> bool:
+        """Listening beyond this machine with nobody asked for credentials, and not told to."""
+        return not (
+            is_loopback(self.address) or self.has_credentials or self.unauthenticated_api
+        )
 
     @property
     def prefix(self) -> str:
@@ -127,13 +206,36 @@ class Settings:
             raise SettingsError("inspect_timeout: must be positive (milliseconds)")
         if self.purge_offline_workers is not None and self.purge_offline_workers < 0:
             raise SettingsError("purge_offline_workers: must be zero or more seconds")
+        self._validate_credentials()
+        if self.keyfile and not self.certfile:
+            raise SettingsError("keyfile: given without certfile")
+        for name in ("certfile", "keyfile"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                raise SettingsError(f"{name}: no such file {path}")
         return self
+
+    def _validate_credentials(self) -> None:
+        users = [u for u, _ in self.basic_auth + self.basic_auth_read_only]
+        twice = sorted({u for u in users if users.count(u) > 1})
+        if twice:
+            raise SettingsError(f"basic_auth: user {twice[0]!r} given more than once")
+        names = [t.name for t in self.api_tokens]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise SettingsError(f"api_tokens: name {twice[0]!r} given more than once")
+        if len({t.token for t in self.api_tokens}) < len(self.api_tokens):
+            raise SettingsError("api_tokens: two names share one token")
 
     @classmethod
     def build(
         cls, flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
     ) -> Settings:
-        """Merge flags (``None`` means "not given") over ``CELERIAC_*`` variables over defaults."""
+        """Merge flags (``None`` means "not given") over ``CELERIAC_*`` variables over defaults.
+
+        API tokens add up instead: those of ``CELERIAC_API_TOKENS``, of every ``--api-token``
+        and of the ``--api-token-file`` all count.
+        """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -144,11 +246,22 @@ class Settings:
                 values[f.name] = _convert(f.name, raw)
         if parse_bool(env.get("FLOWER_UNAUTHENTICATED_API", "false"), "FLOWER_UNAUTHENTICATED_API"):
             values["unauthenticated_api"] = True
+        tokens: list[ApiToken] = list(values.pop("api_tokens", ()))
         for name, value in (flags or {}).items():
-            if value is None or (name == "unauthenticated_api" and value is False):
+            if value is None or (name in _FLAGS and value is False):
+                continue
+            if name == "api_tokens":
+                tokens += [parse_api_token(v) if isinstance(v, str) else v for v in value]
                 continue
             values[name] = _convert(name, value) if isinstance(value, str) else value
+        if values.get("api_token_file"):
+            tokens += read_token_file(values["api_token_file"])
+        values["api_tokens"] = tuple(tokens)
         return cls(**values).validate()
+
+
+#: Boolean flags whose ``False`` means "not given" (a variable may still set them).
+_FLAGS = frozenset({"unauthenticated_api", "metrics_public"})
 
 
 def _convert(name: str, raw: str) -> Any:
@@ -159,7 +272,10 @@ def _convert(name: str, raw: str) -> Any:
         "purge_offline_workers": float,
         "max_age": parse_duration,
         "unauthenticated_api": lambda v: parse_bool(v, name),
+        "metrics_public": lambda v: parse_bool(v, name),
         "basic_auth": parse_basic_auth,
+        "basic_auth_read_only": lambda v: parse_basic_auth(v, name),
+        "api_tokens": parse_api_tokens,
     }
     convert = kinds.get(name)
     if convert is None:
@@ -169,4 +285,9 @@ def _convert(name: str, raw: str) -> Any:
     except SettingsError:
         raise
     except ValueError:
-        raise SettingsError(f"{name}: {raw!r} is not a valid value") from None
+        shown = "this" if name in _SECRET else repr(raw)
+        raise SettingsError(f"{name}: {shown} is not a valid value") from None
+
+
+#: Settings whose values are never quoted back.
+_SECRET = frozenset({"basic_auth", "basic_auth_read_only", "api_tokens"})

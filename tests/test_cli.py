@@ -56,7 +56,9 @@ def test_flower_spelling_of_options_is_accepted() -> None:
     done = run_celeriac("--help")
     assert done.returncode == 0
     for flag in ("--max_tasks", "--max-tasks", "--url_prefix", "--basic_auth",
-                 "--inspect_timeout", "--purge_offline_workers", "--unauthenticated_api"):
+                 "--inspect_timeout", "--purge_offline_workers", "--unauthenticated_api",
+                 "--api-token", "--api-token-file", "--basic-auth-read-only", "--metrics-public",
+                 "--certfile", "--keyfile"):
         assert flag in done.stdout
 
 

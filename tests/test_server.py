@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from starlette.routing import Mount, Route
 
 from celeriac.api.openapi import spec
-from celeriac.server import create_app, routes
+from celeriac.server import MAX_BODY_BYTES, create_app, routes
 from celeriac.settings import Settings
 
 BROKER = "redis://127.0.0.1:1/0"  # never connected to: the lifespan does not run here
@@ -114,3 +115,26 @@ def test_openapi_describes_every_api_route() -> None:
     missing = served - described
     assert not missing, f"routes missing from the OpenAPI description: {sorted(missing)}"
     assert not described - served, "described paths that are not served"
+
+
+def test_request_bodies_are_capped() -> None:
+    app = create_app(Settings(broker=BROKER, unauthenticated_api=True))
+
+    async def post(content: object, headers: dict[str, str]) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await c.post("/api/task/send-task/tests.add", content=content,  # type: ignore[arg-type]
+                                headers=headers)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(2048):  # 2 MiB in 1 KiB chunks, without a Content-Length
+            yield b" " * 1024
+
+    json_type = {"content-type": "application/json"}
+    r = asyncio.run(post(b" " * (MAX_BODY_BYTES + 1), json_type))
+    assert (r.status_code, r.text) == (413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+    r = asyncio.run(post(chunks(), json_type))
+    assert r.status_code == 413
+    assert r.headers["content-type"].startswith("text/plain")
+    r = asyncio.run(post(b"{}", {**json_type, "content-length": "-5"}))
+    assert r.status_code == 400
