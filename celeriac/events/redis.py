@@ -179,8 +179,9 @@ class RedisEventSource:
         self._subscribed = threading.Event()
         self._sock: socket.socket | None = None
         self._threads: list[threading.Thread] = []
-        # chunks of the stream (bytearray), or the hiredis.Reader that starts a new connection
-        self._queue: queue.SimpleQueue[bytearray | hiredis.Reader] = queue.SimpleQueue()
+        # chunks of the stream (bytearray), the hiredis.Reader that starts a new connection,
+        # or None: close() was called
+        self._queue: queue.SimpleQueue[bytearray | hiredis.Reader | None] = queue.SimpleQueue()
         self._bytes_read = 0  # written by the net thread only
         self._bytes_done = 0  # written by the decode thread only
         self._sink_error_logged = 0.0
@@ -205,6 +206,7 @@ class RedisEventSource:
         """Stop reading and decoding; returns within about a second. The backlog is dropped."""
         self._stop.set()
         self._shutdown_socket()
+        self._queue.put(None)  # wakes the decode thread at once
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=2 * POLL_S + 0.5)
@@ -377,6 +379,8 @@ class RedisEventSource:
                 item = get(timeout=POLL_S)
             except queue.Empty:
                 continue
+            if item is None:
+                break
             try:
                 if type(item) is bytearray:
                     self._bytes_done += len(item)
