@@ -41,6 +41,7 @@ PREFETCH = 2000
 ACK_EVERY = 500  # a quarter of the prefetch window: the broker never waits on our acks
 ACK_INTERVAL_S = 0.1  # and no event waits longer than this for its batch
 POLL_S = 0.25  # how often an idle loop looks at close()
+HEARTBEAT_S = 20.0  # AMQP heartbeat: a silent broker is known dead after two of these
 HEARTBEAT_CHECK_S = 1.0
 BACKOFF_MAX_S = 1.0
 ANON_QUEUE_EXPIRES_S = 300.0  # x-expires of the per-run queue: deleted 5 min after it is unused
@@ -55,8 +56,11 @@ _DELIVER = b"\x00\x3c\x00\x3c"  # basic (60) . deliver (60)
 class AmqpEventSource:
     """Reads Celery's events from RabbitMQ (py-amqp) on its own thread and feeds them to ``sink``.
 
-    ``app_or_url`` is a Celery app (its broker settings are used as they are: SSL, heartbeat,
-    login method) or a broker URL.
+    ``app_or_url`` is a Celery app (its broker settings are used: SSL, login method,
+    transport options) or a broker URL. ``wake`` is called (on a thread of its own) each time
+    consuming starts, the first time included. Heartbeats are always on (``heartbeat`` s;
+    Celery itself only turns ``broker_heartbeat`` on for a worker's consumer), so a dead
+    connection is noticed even when no event flows.
     """
 
     def __init__(
@@ -69,11 +73,12 @@ class AmqpEventSource:
         prefetch: int = PREFETCH,
         ack_every: int = ACK_EVERY,
         ack_interval: float = ACK_INTERVAL_S,
+        heartbeat: float = HEARTBEAT_S,
     ) -> None:
         if isinstance(app_or_url, str):
-            self._base = Connection(app_or_url)
+            self._base = Connection(app_or_url, heartbeat=heartbeat)
         else:
-            self._base = app_or_url.connection_for_read()
+            self._base = app_or_url.connection_for_read(heartbeat=heartbeat)
         if self._base.transport.driver_name != "py-amqp":
             raise ValueError(
                 f"AmqpEventSource needs py-amqp, not {self._base.transport.driver_name!r} "

@@ -155,7 +155,9 @@ class RedisEventSource:
     parses, decodes and calls the sink. The backlog is bounded by ``max_backlog_bytes``; past it
     the reader stops reading, and if Redis then drops it the gap is counted like any other.
 
-    ``key_prefix`` is kombu's ``global_keyprefix`` transport option, if the cluster uses one.
+    ``wake`` is called (on a thread of its own) after every confirmed PSUBSCRIBE, the first
+    included, so that workers announce themselves at once. ``key_prefix`` is kombu's
+    ``global_keyprefix`` transport option, if the cluster uses one.
     """
 
     def __init__(

@@ -253,3 +253,14 @@ def test_accepts_a_celery_app(amqp_url: str, source: Any) -> None:
     _, sink = source(app)
     dispatch(amqp_url, "app", 3)
     wait_until(lambda: len(sink.of("app")) == 3, what="events via the app's connection")
+
+
+def test_heartbeats_keep_an_idle_connection(amqp_url: str, source: Any) -> None:
+    # RabbitMQ closes a connection silent for two heartbeats: only ours keep this one open.
+    src, sink = source(amqp_url, heartbeat=1)
+    assert src._conn is not None and src._conn.connection.heartbeat == 1
+    time.sleep(4.0)
+    assert src.counters.reconnects == 0 and src.counters.connected
+    dispatch(amqp_url, "heartbeat", 3)
+    wait_until(lambda: len(sink.of("heartbeat")) == 3, what="events after the idle spell")
+    assert src.counters.reconnects == 0

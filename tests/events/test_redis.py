@@ -398,3 +398,60 @@ def test_close_is_prompt_even_when_the_server_is_gone(tmp_path: Path) -> None:
     assert time.monotonic() - t < 1.5
     assert not src.counters.connected
     assert not [th for th in threading.enumerate() if th.name.startswith("celeriac-redis")]
+
+
+def test_an_idle_connection_is_pinged_and_a_dead_one_replaced(
+    tmp_path: Path, source: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import celeriac.events.redis as module
+
+    monkeypatch.setattr(module, "PING_AFTER_S", 0.3)
+    monkeypatch.setattr(module, "DEAD_AFTER_S", 2.0)
+    srv = PrivateRedis(tmp_path)
+    srv.start()
+    try:
+        src, sink = source(srv.url(0))
+        time.sleep(3.0)  # idle: PINGed, PONG answered, still the same connection
+        assert src.counters.gaps == 0 and src.counters.connected
+        r = redis_py.Redis(port=srv.port)
+        r.execute_command("CLIENT", "PAUSE", "4000", "ALL")  # a server that stops answering
+        wait_until(lambda: src.counters.gaps == 1, timeout=15, what="the dead connection replaced")
+        assert "no answer" in (src.counters.last_error or "")
+        r.publish("/0.celeryev/task.started", envelope(b'{"type": "task-started"}'))
+        r.close()
+        wait_until(lambda: len(sink.events) == 1, what="an event on the new connection")
+    finally:
+        srv.stop()
+
+
+def test_tls(tmp_path: Path, source: Any) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls_port = free_port()
+    srv = PrivateRedis(
+        tmp_path, "--tls-port", str(tls_port), "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+    )  # fmt: skip
+    srv.start()
+    try:
+        for query in ("ssl_cert_reqs=none", f"ssl_ca_certs={cert}"):
+            src, sink = source(f"rediss://localhost:{tls_port}/0?{query}")
+            publish_raw(srv.url(0), 0, "task.started", envelope(b'{"type": "task-started"}'))
+            wait_until(lambda: len(sink.events) == 1, what="an event over TLS")  # noqa: B023
+            src.close()
+        unverified = RedisEventSource(f"rediss://localhost:{tls_port}/0", lambda evs: None)
+        unverified.start()
+        try:
+            assert not unverified.wait_subscribed(1.0)
+            assert "CERTIFICATE_VERIFY_FAILED" in (unverified.counters.last_error or "")
+        finally:
+            unverified.close()
+    finally:
+        srv.stop()
