@@ -213,7 +213,7 @@ def redispy_reader(broker: str, tally: Tally, extra: dict[str, Any]) -> tuple[An
         while not stop.is_set():
             try:
                 pubsub = holder["pubsub"]
-                datas = []
+                datas: list[bytes] = []
                 msg = pubsub.get_message(timeout=0.2)
                 while msg is not None and len(datas) < 1000:
                     datas.append(msg["data"])
@@ -248,7 +248,7 @@ def pyamqp_reader(broker: str, queue_name: str | None, tally: Tally) -> tuple[An
 
     conn = Connection(broker)
     conn.connect()
-    channel = conn.default_channel
+    channel: Any = conn.default_channel
     name = queue_name or f"bench.pyamqp.{uuid.uuid4().hex[:8]}"
     channel.queue_declare(name, durable=True, auto_delete=False, exclusive=False)
     channel.queue_bind(name, "celeryev", "#")

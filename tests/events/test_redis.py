@@ -455,3 +455,30 @@ def test_tls(tmp_path: Path, source: Any) -> None:
             unverified.close()
     finally:
         srv.stop()
+
+
+def test_a_full_backlog_pauses_reading_without_losing(
+    server: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    got: list[dict[str, Any]] = []
+
+    def slow_sink(events: list[dict[str, Any]]) -> None:
+        time.sleep(0.05)
+        got.extend(events)
+
+    src = RedisEventSource(server.url(0), slow_sink, max_backlog_bytes=1)
+    src.start()
+    try:
+        assert src.wait_subscribed(10)
+        with caplog.at_level("WARNING", logger="celeriac.events"):
+            r = redis_py.Redis(port=server.port)
+            for i in range(200):
+                r.publish("/0.celeryev/task.started", envelope(b'{"type": "task-started"}'))
+                if i % 20 == 0:
+                    time.sleep(0.01)
+            r.close()
+            wait_until(lambda: len(got) == 200, what="every event through a full backlog")
+        assert any("pausing the socket" in rec.getMessage() for rec in caplog.records)
+        assert src.counters.gaps == 0 and src.backlog_bytes == 0
+    finally:
+        src.close()
