@@ -1,0 +1,521 @@
+"""SqliteStore against real database files: answers, durability, retention, migrations, errors.
+
+Query answers must be :func:`reference`'s for every filter, sort and page, whichever plan the
+store picks to answer them: MemoryStore's filters (``store/query.py``), and its order except
+for ties, which break by timestamp then insertion here (see the report).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeriac.constants import ALL_STATES, TASK_FIELDS
+from celeriac.store.base import TaskQuery, TaskRecord
+from celeriac.store.memory import MemoryStore
+from celeriac.store.migrations import MIGRATIONS, migrate, schema_version
+from celeriac.store.query import matcher
+from celeriac.store.search import compile_search
+from celeriac.store.sqlite import SqliteStore, StoreError
+
+REPO = Path(__file__).resolve().parents[2]
+T0 = 1_700_000_000.0
+NAMES = ["tasks.add", "tasks.Echo", "app.B", "app.a", None]
+WORKERS = ["celery@w1", "celery@W2", "celery@w3", None]
+FIELDS = [f for f in TASK_FIELDS if f != "children"]
+
+
+def make(i: int, rng: random.Random | None = None, **fields: Any) -> TaskRecord:
+    """Task ``i``; timestamps grow with ``i``, so insertion order is timestamp order."""
+    rng = rng or random.Random(i)
+    ts = T0 + i * 1.5 + rng.random()
+    record: TaskRecord = dict.fromkeys(FIELDS)
+    record.update(
+        uuid=f"task-{i:05d}",
+        name=rng.choice(NAMES),
+        state=rng.choice(ALL_STATES),
+        args=repr((i, rng.randint(0, 9))),
+        kwargs=repr({"k": i % 7, "user": f"user{i % 5}"}),
+        result=repr(i * 3) if i % 3 else None,
+        exception=f"ValueError('bad {i}')" if i % 11 == 0 else None,
+        received=None if i % 10 == 0 else ts - 1 - rng.random(),
+        started=None if i % 4 == 0 else ts - 0.5,
+        timestamp=ts,
+        retries=i % 3,
+        clock=i,
+        worker=rng.choice(WORKERS),
+        routing_key="celery",
+    )
+    record.update(fields)
+    return record
+
+
+def order_key(key: str | None, records: list[TaskRecord]) -> Any:
+    """The documented order: by the key (text case-insensitively, a missing value lowest),
+    ties by timestamp then insertion; newest first by default."""
+    inserted = {r["uuid"]: i for i, r in enumerate(records)}
+
+    def value(r: TaskRecord) -> tuple:
+        ties = (r.get("timestamp") or 0.0, inserted[r["uuid"]])
+        if key is None:
+            return ties
+        v = r.get(key)
+        if v is None:
+            return (False, "", *ties)
+        return (True, v.casefold() if isinstance(v, str) else v, *ties)
+
+    return value
+
+
+def reference(records: list[TaskRecord], q: TaskQuery) -> list[TaskRecord]:
+    """The answer computed the slow and obvious way: MemoryStore's filters, the search
+    predicate, the documented order."""
+    match, found = matcher(q), compile_search(q.search)
+    rows = sorted(
+        (r for r in records if match(r) and found(r)),
+        key=order_key(q.sort_by, records),
+        reverse=q.descending or q.sort_by is None,
+    )
+    end = None if q.limit is None else q.offset + q.limit
+    return [dict(r) for r in rows[q.offset : end]]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "sub" / "tasks.db")
+
+
+@pytest.fixture
+def store(db: str) -> Iterator[SqliteStore]:
+    s = SqliteStore(db, flush_interval=0.02)
+    s.start()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SqliteStore, list]]:
+    rng = random.Random(1)
+    records = [make(i, rng) for i in range(600)]
+    s = SqliteStore(str(tmp_path_factory.mktemp("loaded") / "tasks.db"))
+    for r in records:
+        s.put(dict(r))
+    assert s.flush()
+    yield s, records
+    s.close()
+
+
+FILTERS: list[dict[str, Any]] = [
+    {},
+    {"state": "SUCCESS"},
+    {"state": "failure"},
+    {"taskname": "TASKS.ECHO"},
+    {"taskname": "app.b"},
+    {"taskname": "nope"},
+    {"workername": "CELERY@w2"},
+    {"received_start": T0 + 200, "received_end": T0 + 600},
+    {"received_start": T0 + 200.5, "received_end": T0 + 200.5},
+    {"state": "STARTED", "taskname": "tasks.add"},
+    {"taskname": "tasks.add", "received_start": T0 + 300},
+    {"state": "RETRY", "workername": "celery@w1", "received_end": T0 + 700},
+]
+SORTS = [(None, False), *[(k, d) for k in ("name", "state", "received", "started") for d in (0, 1)]]
+SLICES = [(None, 0), (10, 0), (10, 5), (7, 230), (25, 590), (5, 2000), (0, 0)]
+
+
+@pytest.mark.parametrize("plan", [None, "order", "filters", 0, 1])
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(f) or "all")
+def test_query_matches_reference(loaded, filters, plan, monkeypatch):
+    # Every plan the planner may pick must give the same answer; force each in turn.
+    store, records = loaded
+    monkeypatch.setattr(store, "_force_plan", plan)
+    for (sort_by, desc), (limit, offset) in [(s, sl) for s in SORTS for sl in SLICES]:
+        q = TaskQuery(limit=limit, offset=offset, sort_by=sort_by, descending=bool(desc), **filters)
+        got, want = store.query(q), reference(records, q)
+        assert [r["uuid"] for r in got] == [r["uuid"] for r in want], q
+        assert got == want
+
+
+def test_query_matches_memory_store(loaded):
+    store, records = loaded
+    memory = MemoryStore(10_000)
+    for r in records:
+        memory.put(dict(r))
+    for filters in FILTERS:
+        for limit, offset in SLICES:  # newest first: the orders agree to the last tie
+            q = TaskQuery(limit=limit, offset=offset, **filters)
+            assert store.query(q) == memory.query(q), q
+    assert store.task_types() == memory.task_types()
+    assert store.count() == memory.count() == len(records)
+    for r in records[:50]:
+        assert store.get(r["uuid"]) == memory.get(r["uuid"])
+
+
+def test_the_planner_uses_every_plan(loaded):
+    store, _ = loaded
+    plans = set()
+    for q in [
+        TaskQuery(limit=10),
+        TaskQuery(limit=10, taskname="nope"),
+        TaskQuery(limit=10, state="SUCCESS"),
+        TaskQuery(limit=10, search='"bad 55"'),
+        TaskQuery(limit=10, search="user"),
+    ]:
+        store.query(q)
+        plans.add(store.last_plan)
+    assert plans == {"index", "0", "search", "order"}
+
+
+def test_values_come_back_exactly(store):
+    odd = make(1, result=7, eta="2024-01-01T00:00:00+00:00", retries=2**70, runtime=0.1 + 0.2)
+    odd.update(kwargs={"not": "a string"}, args=b"bytes", exchange=True, clock=-(2**63))
+    store.put(odd)
+    assert store.flush()
+    got = store.get("task-00001")
+    assert got is not None
+    assert (
+        got["result"] == 7 and got["runtime"] == 0.1 + 0.2 and got["timestamp"] == odd["timestamp"]
+    )
+    assert got["retries"] == str(2**70) and got["kwargs"] == "{'not': 'a string'}"
+    assert got["args"] == "b'bytes'" and got["exchange"] == 1 and got["clock"] == -(2**63)
+    assert store.stats()["write_errors"] == {}
+
+
+def test_put_is_visible_at_once_and_coalesced(db):
+    store = SqliteStore(db)  # no writer thread: nothing is written until flush()
+    record = make(1, state="RECEIVED")
+    store.put(record)
+    record.update(state="STARTED", started=T0 + 2)
+    store.put(record)
+    record.update(state="SUCCESS", result="'done'")
+    store.put(record)
+    got = store.get("task-00001")
+    assert got is not None and got["state"] == "SUCCESS" and got["children"] == []
+    assert store.query(TaskQuery()) == []  # readers see what is written
+    assert store.flush()
+    assert store.stats()["written"] == 1  # three puts, one row
+    assert store.query(TaskQuery()) == [{k: v for k, v in record.items()}]
+    store.close()
+
+
+def test_close_flushes_and_reopen_keeps_everything(db):
+    store = SqliteStore(db, flush_interval=10)  # the interval never elapses: close must flush
+    store.start()
+    records = [make(i) for i in range(300)]
+    for r in records:
+        store.put(r)
+    store.put_worker("celery@w1", {"hostname": "celery@w1", "loadavg": [0.1, 0.2, 0.3]})
+    store.close()
+    again = SqliteStore(db)
+    try:
+        assert again.count() == 300
+        assert again.task_types() == sorted({r["name"] for r in records if r["name"]})
+        for r in records:
+            assert again.get(r["uuid"]) == {**r, "children": []}
+        assert again.workers() == {
+            "celery@w1": {"hostname": "celery@w1", "loadavg": [0.1, 0.2, 0.3]}
+        }
+        assert again.count_by_state() == {
+            s: n for s in ALL_STATES if (n := sum(r["state"] == s for r in records))
+        }
+    finally:
+        again.close()
+
+
+def test_children_from_the_index_and_from_pending(db):
+    store = SqliteStore(db)
+    parent = make(1)
+    store.put(parent)
+    store.put(make(2, parent_id=parent["uuid"], root_id=parent["uuid"]))
+    store.put(make(3, parent_id=parent["uuid"], root_id=parent["uuid"]))
+    assert store.flush()
+    store.put(make(4, parent_id=parent["uuid"]))  # not written yet
+    store.put(make(5, parent_id="task-00005"))  # its own parent: not a child
+    assert store.children(parent["uuid"]) == ["task-00002", "task-00003", "task-00004"]
+    got = store.get(parent["uuid"])
+    assert got is not None and got["children"] == ["task-00002", "task-00003", "task-00004"]
+    assert store.flush()
+    late = make(6)
+    store.put(late)
+    assert store.flush()
+    late["parent_id"] = parent["uuid"]  # parent_id known only from a late event
+    store.put(late)
+    assert store.flush()
+    assert store.children(parent["uuid"])[-1] == "task-00006"
+    assert store.children("task-00005") == []
+    store.close()
+
+
+SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+from celeriac.constants import TASK_FIELDS
+from celeriac.store.sqlite import SqliteStore
+store = SqliteStore(sys.argv[1], flush_interval=0.01)
+store.start()
+i = 0
+while True:
+    for _ in range(100):
+        record = dict.fromkeys(f for f in TASK_FIELDS if f != "children")
+        record.update(uuid="k%06d" % i, name="tasks.kill", state="SUCCESS", timestamp=float(i),
+                      args="(%d,)" % i, result="'r%d'" % i)
+        store.put(record)
+        i += 1
+    if store.flush():
+        print(i, flush=True)
+"""
+
+
+def test_sigkill_leaves_a_readable_database(db):
+    script = SCRIPT.format(repo=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", script, db], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    written = 0
+    for line in proc.stdout:
+        written = int(line)
+        if written >= 3000:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert written >= 3000
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.execute("INSERT INTO tasks_fts (tasks_fts) VALUES ('integrity-check')")
+    conn.close()
+    store = SqliteStore(db)
+    try:
+        assert store.count() >= written
+        last = store.get(f"k{written - 1:06d}")
+        assert last is not None and last["result"] == f"'r{written - 1}'"
+        assert [r["uuid"] for r in store.query(TaskQuery(search="r2999"))] == ["k002999"]
+    finally:
+        store.close()
+
+
+def test_retention_prunes_oldest_finished_only(db):
+    store = SqliteStore(db, max_tasks=50, flush_interval=0.01)
+    store.start()
+    running = [make(i, state="STARTED") for i in range(10)]  # the oldest of all
+    done = [make(i, state="SUCCESS", args=f"(arg{i},)") for i in range(10, 110)]
+    for r in running + done:
+        store.put(r)
+    assert store.flush()
+    assert store.flush()
+    kept = {r["uuid"] for r in store.query(TaskQuery())}
+    assert kept == {r["uuid"] for r in running + done[-40:]}
+    assert store.count() == 50 and store.stats()["pruned"] == 60
+    assert store.count_by_state() == {"STARTED": 10, "SUCCESS": 40}
+    assert store.query(TaskQuery(search="arg10,")) == []  # the text index forgot them too
+    assert [r["uuid"] for r in store.query(TaskQuery(search="arg109"))] == ["task-00109"]
+    store.close()
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO tasks_fts (tasks_fts) VALUES ('integrity-check')")
+    conn.close()
+
+
+def test_retention_by_age(db):
+    store = SqliteStore(db, max_age=3600, flush_interval=0.01)
+    store.start()
+    now = __import__("time").time()
+    old_done = make(1, state="FAILURE", timestamp=now - 7200)
+    old_running = make(2, state="RECEIVED", timestamp=now - 7200)
+    fresh = make(3, state="SUCCESS", timestamp=now - 60)
+    for r in (old_done, old_running, fresh):
+        store.put(r)
+    assert store.flush() and store.flush()
+    assert {r["uuid"] for r in store.query(TaskQuery())} == {"task-00002", "task-00003"}
+    store.close()
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE tasks ADD COLUMN queue")
+    conn.execute("UPDATE tasks SET queue = routing_key")
+    conn.execute("CREATE INDEX tasks_queue ON tasks (queue, timestamp)")
+
+
+def test_a_version_1_database_is_upgraded_without_losing_data(db):
+    store = SqliteStore(db)
+    records = [make(i) for i in range(20)]
+    for r in records:
+        store.put(r)
+    store.close()
+    conn = sqlite3.connect(db)
+    assert schema_version(conn) == len(MIGRATIONS) == 1
+    conn.close()
+
+    upgraded = SqliteStore(db, migrations=(*MIGRATIONS, _v2))
+    try:
+        assert upgraded.count() == 20
+        assert upgraded.get("task-00003") == {**records[3], "children": []}
+        assert upgraded.query(TaskQuery(search="bad 11"))[0]["uuid"] == "task-00011"
+    finally:
+        upgraded.close()
+    conn = sqlite3.connect(db)
+    assert schema_version(conn) == 2
+    assert conn.execute("SELECT count(*) FROM tasks WHERE queue = 'celery'").fetchone() == (20,)
+    conn.close()
+
+
+def test_a_failed_migration_leaves_the_previous_version(db):
+    SqliteStore(db).close()
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE tasks ADD COLUMN half_done")
+        conn.execute("THIS IS NOT SQL")
+
+    with pytest.raises(StoreError, match="syntax error"):
+        SqliteStore(db, migrations=(*MIGRATIONS, broken))
+    conn = sqlite3.connect(db, isolation_level=None)
+    assert schema_version(conn) == 1
+    assert "half_done" not in [r[1] for r in conn.execute("PRAGMA table_info(tasks)")]
+    assert migrate(conn) == 1
+    conn.close()
+
+
+def test_a_newer_database_is_refused(db):
+    SqliteStore(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 99, newer than this celeriac knows"):
+        SqliteStore(db)
+
+
+def test_unusable_paths_raise_store_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match="cannot create the folder"):
+        SqliteStore(str(blocker / "tasks.db"))
+    with pytest.raises(StoreError, match="cannot open it"):
+        SqliteStore(str(tmp_path))  # a directory
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="not a database"):
+        SqliteStore(str(garbage))
+
+
+def test_a_read_only_database_raises_store_error():
+    # Root ignores file modes, so the check runs in a child that drops to nobody first.
+    folder = tempfile.mkdtemp(prefix="celeriac-ro-")
+    path = os.path.join(folder, "tasks.db")
+    try:
+        SqliteStore(path).close()
+        os.chmod(path, 0o444)
+        os.chmod(folder, 0o555)
+        if os.geteuid() != 0:
+            with pytest.raises(StoreError, match=r"readonly|unable to open"):
+                SqliteStore(path)
+            return
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            os.close(read)
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                SqliteStore(path)
+                message = "opened"
+            except StoreError as exc:
+                message = f"StoreError: {exc}"
+            except BaseException as exc:
+                message = f"{type(exc).__name__}: {exc}"
+            os.write(write, message.encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            message = pipe.read()
+        os.waitpid(pid, 0)
+        assert message.startswith("StoreError: "), message
+        assert path in message and ("readonly" in message or "unable to open" in message)
+    finally:
+        os.chmod(folder, stat.S_IRWXU)
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+        for name in os.listdir(folder):
+            os.remove(os.path.join(folder, name))
+        os.rmdir(folder)
+
+
+def test_full_disk_is_logged_once_and_loses_nothing(db, caplog):
+    store = SqliteStore(db)
+    store.put(make(0))
+    assert store.flush()
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now full
+    big = [make(i, args="x" * 5000) for i in range(1, 200)]
+    with caplog.at_level(logging.ERROR, logger="celeriac.store.sqlite"):
+        for r in big:
+            store.put(r)
+        for _ in range(3):
+            assert not store.flush()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "full" in errors[0].getMessage()
+    stats = store.stats()
+    assert stats["failing"] and stats["write_errors"] == {"SQLITE_FULL": 3}
+    assert stats["pending"] == 199
+    pending = store.get("task-00150")
+    assert pending is not None and pending["args"] == "x" * 5000  # served from pending
+    store._conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+    assert store.flush()
+    assert store.count() == 200 and not store.stats()["failing"]
+    store.close()
+
+
+def test_writer_thread_survives_errors_and_recovers(db):
+    class Flaky(SqliteStore):
+        fail = threading.Event()
+
+        def _write(self, rows, workers):
+            if self.fail.is_set():
+                raise sqlite3.OperationalError("disk I/O error")
+            super()._write(rows, workers)
+
+    store = Flaky(db, flush_interval=0.01)
+    store.start()
+    Flaky.fail.set()
+    for i in range(50):
+        store.put(make(i))
+    assert not store.flush(timeout=5)
+    assert store.stats()["write_errors"]["OperationalError"] >= 1
+    Flaky.fail.clear()
+    assert store.flush(timeout=5)
+    assert store.count() == 50
+    store.close()
+
+
+def test_concurrent_readers_while_writing(store):
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                page = store.query(TaskQuery(limit=20, state="SUCCESS"))
+                assert all(r["state"] == "SUCCESS" for r in page)
+                store.query(TaskQuery(limit=5, search="user3"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for t in readers:
+        t.start()
+    for i in range(3000):
+        store.put(make(i))
+    assert store.flush()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert errors == []
+    assert store.count() == 3000
