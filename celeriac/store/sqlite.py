@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celeriac.constants import FINAL_STATES, TASK_FIELDS
-from celeriac.store.base import SORT_KEYS, TaskQuery, TaskRecord
+from celeriac.store.base import SORT_KEYS, StoreError, TaskQuery, TaskRecord
 from celeriac.store.migrations import (
     FTS_COLUMNS,
     MIGRATIONS,
@@ -89,10 +89,6 @@ _COST = {"walk": 1.0, "sort": 2.0, "text": 5.0, "text hit": 3.0}
 
 Row = tuple[Any, ...]
 Cond = tuple[str, tuple[Any, ...]]  # a WHERE term and its parameters
-
-
-class StoreError(Exception):
-    """The task database cannot be used: the message names the file and the reason."""
 
 
 def _plain(value: Any) -> Any:
@@ -723,3 +719,29 @@ class SqliteStore:
             "last_error": self._last_error,
             "failing": self._failing,
         }
+
+    # --- aggregates for the UI (definitions in store/aggregates.py, SQL in sqlite_aggregates) --
+
+    def throughput(self, since: float, bucket: float) -> list[Any]:
+        from celeriac.store import sqlite_aggregates
+
+        return sqlite_aggregates.throughput(self._reader(), since, bucket)
+
+    def task_type_stats(self, since: float, bucket: float, name: str | None = None) -> list[Any]:
+        from celeriac.store import sqlite_aggregates
+
+        return sqlite_aggregates.task_type_stats(self._reader(), since, bucket, name)
+
+    def failure_groups(self, since: float, bucket: float) -> list[Any]:
+        from celeriac.store import sqlite_aggregates
+
+        return sqlite_aggregates.failure_groups(self._reader(), since, bucket)
+
+    def iter_matching(self, q: TaskQuery, batch: int = 1000) -> Any:
+        """See TaskStore.iter_matching; a malformed search raises here, before any page."""
+        from celeriac.store import sqlite_aggregates
+
+        conds, _ = self._conditions(q)
+        check = compile_search(q.search)
+        where = self._render(conds, "t.")
+        return sqlite_aggregates.keyset_pages(self._reader, where, check, max(1, batch))
