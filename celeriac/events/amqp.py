@@ -153,10 +153,14 @@ class AmqpEventSource:
             finally:
                 # Whatever arrived is handed on even if it cannot be acked any more: on a
                 # stable queue it comes again (the state takes duplicates), on a per-run queue
-                # it would otherwise be lost with the queue.
+                # it would otherwise be lost with the queue. py-amqp may take more deliveries
+                # while it closes; and delivery tags belong to the channel, so none may be
+                # acked on the next one.
                 self._flush(None)
                 self._conn = None
                 self._release(conn)
+                self._flush(None)
+                self._last_tag = 0
         self.counters.connected = False
 
     def _declare(self, conn: Connection) -> Any:

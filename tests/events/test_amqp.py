@@ -264,3 +264,29 @@ def test_heartbeats_keep_an_idle_connection(amqp_url: str, source: Any) -> None:
     dispatch(amqp_url, "heartbeat", 3)
     wait_until(lambda: len(sink.of("heartbeat")) == 3, what="events after the idle spell")
     assert src.counters.reconnects == 0
+
+
+def test_drop_mid_stream_on_a_stable_queue_loses_nothing(
+    amqp_url: str, rabbitmq_server: RabbitMQServer, source: Any
+) -> None:
+    name = f"celeriac-test-{uuid.uuid4().hex[:8]}"
+    src, sink = source(amqp_url, queue_name=name)
+    publisher = threading.Thread(target=dispatch, args=(amqp_url, "stream", 5000))
+    publisher.start()
+    wait_until(lambda: len(sink.of("stream")) > 500, what="the stream to flow")
+    rabbitmq_server.ctl("close_all_connections", "-p", vhost_of(amqp_url), "mid-stream drop")
+    publisher.join(60)
+    wait_until(lambda: len({e["uuid"] for e in sink.of("stream")}) == 5000, what="all 5000")
+    time.sleep(0.5)
+    assert src.counters.reconnects >= 1  # unacked deliveries came again on the new channel
+    assert src.counters.connected
+    assert "PRECONDITION" not in (src.counters.last_error or "")
+
+    def settled() -> bool:  # every delivery acked on the channel it came on: nothing left over
+        columns = ["name", "messages_ready", "messages_unacknowledged"]
+        rows = rabbitmq_server.ctl(
+            "list_queues", "-q", "--no-table-headers", "-p", vhost_of(amqp_url), *columns
+        )
+        return any(line.split() == [name, "0", "0"] for line in rows.splitlines())
+
+    wait_until(settled, what="the stable queue to be drained and acked")
