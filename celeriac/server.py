@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from celeriac import auth
+from celeriac import auth, metrics
 from celeriac.api import openapi, status, task_actions, tasks, workers
 from celeriac.api.errors import APIError, handle_api_error, text_error
 from celeriac.cluster import Cluster
@@ -98,6 +98,7 @@ def routes() -> list[BaseRoute]:
         *workers.routes,
         *status.routes,
         *openapi.routes,
+        *metrics.routes,
         *web_routes,
     ]
 
@@ -132,6 +133,7 @@ def create_app(settings: Settings, cluster: Cluster | None = None) -> Starlette:
     )
     app.state.cluster = cluster
     app.state.settings = settings
+    app.state.metrics = metrics.Metrics(cluster)
     return app
 
 

@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from celeriac.constants import FINAL_STATES, TASK_EVENT_STATES, TASK_FIELDS
 from celeriac.events.base import Event
@@ -49,6 +49,15 @@ _WORKER_PAYLOAD = ("freq", "active", "processed", "loadavg", "sw_ident", "sw_ver
 
 #: A worker is offline after this many heartbeat intervals without one.
 HEARTBEAT_MISSES = 3
+
+
+class EventObserver(Protocol):
+    """Told of every applied event, on the ingest thread under the state's lock: it must be a
+    few dict operations and never raise (``celeriac.metrics.EventTally`` is one)."""
+
+    def task_event(self, kind: str, ev: Event, rec: TaskRecord) -> None: ...
+
+    def worker_event(self, kind: str, ev: Event) -> None: ...
 
 
 def new_record(uuid: str) -> TaskRecord:
@@ -95,6 +104,7 @@ class State:
         self.applied = 0
         self.ignored = 0
         self.last_event_at: float | None = None
+        self.observer: EventObserver | None = None
 
     # -- ingest -----------------------------------------------------------------------------
     def apply(self, events: Iterable[Event]) -> None:
@@ -156,6 +166,8 @@ class State:
         if clock is not None and (rec["clock"] is None or clock > rec["clock"]):
             rec["clock"] = clock
         self._store.put(rec)
+        if self.observer is not None:
+            self.observer.task_event(kind, ev, rec)
         return True
 
     def _merge_state(self, rec: TaskRecord, uuid: str, new: str, clock: int | None) -> None:
@@ -201,6 +213,8 @@ class State:
         else:
             w.offline_event = False
             w.last_seen = now
+        if self.observer is not None:
+            self.observer.worker_event(kind, ev)
         return True
 
     # -- reads ------------------------------------------------------------------------------
