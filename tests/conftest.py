@@ -35,6 +35,7 @@ from tests.fixtures import (
     join_background_stops,
     make_broker,
 )
+from tests.fixtures.postgres import PostgresServer
 
 RABBITMQ = pytest.StashKey[RabbitMQServer]()
 AMQP_FIXTURES = frozenset({"rabbitmq_server", "amqp_url", "amqp_broker"})
@@ -123,6 +124,21 @@ def rabbitmq_server(pytestconfig: pytest.Config) -> Iterator[RabbitMQServer]:
     yield server.wait_ready()
     join_background_stops()
     server.stop()  # stays in the stash for the summary line; stopping again is harmless
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster (initdb in a temp dir, a free port), one per session."""
+    server = PostgresServer().start()
+    yield server
+    join_background_stops()  # monitors still shutting down may hold connections
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """A fresh database of this test's own, as a URL with a password in it."""
+    return postgres_server.new_url(request.node.name[:30])
 
 
 @pytest.fixture(scope="module")

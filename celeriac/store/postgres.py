@@ -1,0 +1,612 @@
+"""The task store on PostgreSQL: one batching writer connection, a pool of readers.
+
+Same shape and same answers as :class:`~celeriac.store.sqlite.SqliteStore`: ``put`` only files
+the live record under its uuid in a pending dict (the events of one task coalesce there), and a
+writer thread swaps that dict every ``flush_interval`` and writes the batch in one transaction:
+COPY into a temporary table, then one ``INSERT ... ON CONFLICT (uuid) DO UPDATE`` from it. The
+exact per-state counts live in ``task_counts``, updated in the same transaction, so ``count``
+and ``count_by_state`` never scan, and read the same from every instance sharing the database.
+
+Several celeriac instances may share one database (see ``celeriac.leader``): only the leader
+writes; :meth:`PostgresStore.set_writing` turns a follower's writer (and retention) on or off.
+Readers always read the database, so a follower answers from what the leader wrote.
+
+The database URL's password never appears in a log line, a ``repr`` or an error message: every
+message goes through :func:`_scrub`. A failed write goes back into the pending dict for the next
+try (a lost connection is reopened), logged once per kind, counted in :meth:`stats`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from celeriac.constants import FINAL_STATES, TASK_FIELDS
+from celeriac.settings import redact_url
+from celeriac.store.base import SORT_KEYS, StoreError, TaskQuery, TaskRecord
+from celeriac.store.pg_migrations import (
+    COLUMN_TYPES,
+    MIGRATIONS,
+    Migration,
+    MigrationError,
+    migrate,
+)
+from celeriac.store.pg_search import search_condition
+from celeriac.store.search import compile_search, parse_search
+
+__all__ = ["PostgresStore", "StoreError"]
+
+log = logging.getLogger(__name__)
+
+COLUMNS = tuple(name for name, _ in COLUMN_TYPES)
+_KINDS = tuple(kind for _, kind in COLUMN_TYPES)
+_COLS = ", ".join(COLUMNS)
+_SELECT = f"SELECT {_COLS}, extra FROM tasks"
+_FINAL = tuple(sorted(s.lower() for s in FINAL_STATES))
+_PLAIN = frozenset({type(None), str, int, float})
+_NAME_AT, _STATE_AT, _WORKER_AT = (COLUMNS.index(c) for c in ("name", "state", "worker"))
+_PRUNE_BATCH = 500  # rows per retention transaction: short, so a flush never waits long
+_STREAM_ROWS = 500  # rows per fetch when a search is checked in Python while reading
+_NAMES_TTL = 2.0  # seconds a follower trusts its copy of task_names
+
+Row = tuple[Any, ...]
+
+_BATCH_TABLE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS celeriac_batch (ord integer, "
+    + ", ".join(f"{n} {'text' if k is str else 'double precision' if k is float else 'bigint'}"
+                for n, k in COLUMN_TYPES)
+    + ", extra text) ON COMMIT DELETE ROWS"
+)  # fmt: skip
+_UPSERT = (
+    f"INSERT INTO tasks ({_COLS}, extra) SELECT {_COLS}, extra FROM celeriac_batch ORDER BY ord "
+    "ON CONFLICT (uuid) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in (*COLUMNS[1:], "extra"))
+    + f" WHERE ({', '.join('tasks.' + c for c in (*COLUMNS[1:], 'extra'))}) IS DISTINCT FROM "
+    f"({', '.join('excluded.' + c for c in (*COLUMNS[1:], 'extra'))})"
+)
+_COUNT_ADD = (
+    "INSERT INTO task_counts (state, n) SELECT * FROM unnest(%s::text[], %s::bigint[]) "
+    "ON CONFLICT (state) DO UPDATE SET n = task_counts.n + excluded.n"
+)
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` without the password of ``url`` (libpq may quote parts of the URL back)."""
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except psycopg.Error:
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+
+
+def _plain(value: Any) -> Any:
+    """A value that JSON carries as is; anything else as its ``str`` (a bool as an int)."""
+    if type(value) in _PLAIN and not (type(value) is int and not -(2**63) <= value < 2**63):
+        return value
+    return int(value) if isinstance(value, bool) else str(value)
+
+
+def _snapshot(record: TaskRecord) -> Row:
+    """The record as a row: ``(*COLUMNS, extra)``. A value whose type is not its column's goes
+    into its column as best it can (text, a number, or NULL) and as itself into ``extra``."""
+    row = [record.get(c) for c in COLUMNS]
+    extra: dict[str, Any] | None = None
+    for i, value in enumerate(row):
+        if value is None:
+            continue
+        kind = _KINDS[i]
+        if type(value) is kind and (
+            kind is float
+            or (isinstance(value, str) and "\x00" not in value)
+            or (isinstance(value, int) and -(2**63) <= value < 2**63)
+        ):
+            continue
+        value = _plain(value)
+        if extra is None:
+            extra = {}
+        extra[COLUMNS[i]] = value
+        if kind is str:  # the text a search or a filter sees: the value's str, NULs dropped
+            row[i] = str(value).replace("\x00", "")
+        elif kind is float and type(value) is int and abs(value) < 2**53:
+            row[i] = float(value)
+        elif kind is int and type(value) is int:
+            row[i] = value  # a bool made an int
+        else:
+            row[i] = None
+    row.append(None if extra is None else json.dumps(extra))
+    return tuple(row)
+
+
+def _record(row: Sequence[Any]) -> TaskRecord:
+    record = dict(zip(COLUMNS, row[:-1], strict=True))
+    if row[-1] is not None:
+        record.update(json.loads(row[-1]))
+    return record
+
+
+class PostgresStore:
+    """Task history in a PostgreSQL database. See the module docstring for the model.
+
+    ``max_tasks`` and ``max_age`` (seconds since a task's last event) bound the history: the
+    writer deletes the oldest finished tasks beyond them, a few hundred per transaction, between
+    flushes. ``migrations`` is for tests of upgrades.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        max_tasks: int | None = None,
+        max_age: float | None = None,
+        flush_interval: float = 0.2,
+        *,
+        readers: int = 8,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> None:
+        self._url = url
+        self.where = f"task database {redact_url(url)}"
+        self.max_tasks = max_tasks
+        self.max_age = max_age
+        self.flush_interval = flush_interval
+        self._lock = threading.Lock()
+        self._pending: dict[str, TaskRecord] = {}
+        self._inflight: dict[str, TaskRecord] = {}
+        self._pending_workers: dict[str, dict[str, Any]] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._cycled = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._writing = True
+        self._errors: Counter[str] = Counter()
+        self._failing = False
+        self._last_error: str | None = None
+        self._written = self._pruned = self._flushes = self._cycles = 0
+        self._last_flush_seconds = 0.0
+        self._names: frozenset[str] = frozenset()  # put here, maybe not stored yet
+        self._stored_names: frozenset[str] = frozenset()
+        self._names_read = 0.0
+        self._conn: psycopg.Connection[Any] | None = None
+        try:
+            self._conn = self._connect()
+            migrate(self._conn, migrations)
+            self._prepare(self._conn)
+            self._stored_names = self._read_names(self._conn)
+        except (psycopg.Error, MigrationError) as exc:
+            if self._conn is not None:
+                self._conn.close()
+            raise StoreError(f"{self.where}: {self._reason(exc)}") from None
+        self._names = self._stored_names
+        self._names_read = time.monotonic()
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=readers,
+            kwargs={"autocommit": True},
+            name="celeriac-readers",
+            open=True,
+            timeout=30,
+        )
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {redact_url(self._url)}>"
+
+    def _reason(self, exc: BaseException) -> str:
+        if isinstance(exc, MigrationError):
+            return str(exc)
+        text = str(exc).strip() or type(exc).__name__
+        return f"cannot use it: {_scrub(text, self._url)}"
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+
+    @staticmethod
+    def _prepare(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(_BATCH_TABLE)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer thread (idempotent). Records put before start wait for it."""
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(target=self._run, name="celeriac-store", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Write everything pending, stop the writer and close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        elif self._writing:
+            self._drain()
+        self._pool.close()
+        if self._conn is not None:
+            self._conn.close()
+
+    def set_writing(self, writing: bool) -> None:
+        """Whether this instance writes (the leader) or only reads (a follower). A follower
+        drops what it was given to write: the leader writes those tasks."""
+        self._writing = writing
+        if not writing:
+            with self._lock:
+                self._pending.clear()
+                self._pending_workers.clear()
+        self._wake.set()
+
+    @property
+    def writing(self) -> bool:
+        return self._writing
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until what was put before this call is written; False on timeout or failure."""
+        if self._thread is None:
+            return self._flush_once()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cycled:
+            target = self._cycles + 2  # the cycle running now may have missed the latest puts
+            while self._cycles < target:
+                self._wake.set()
+                left = None if deadline is None else deadline - time.monotonic()
+                if (left is not None and left <= 0) or not self._thread.is_alive():
+                    return False
+                self._cycled.wait(left)
+        return not self._failing
+
+    # --- ingest side -----------------------------------------------------------------------
+
+    def put(self, record: TaskRecord) -> None:
+        """File the live record for the next flush; O(1), never touches the database."""
+        uuid = record.get("uuid")
+        if not uuid or not self._writing:  # a follower: the leader writes this task
+            return
+        with self._lock:
+            self._pending[uuid] = record
+            name = record.get("name")
+            if name and name not in self._names:
+                self._names = self._names | {name}
+
+    def put_worker(self, hostname: str, info: dict[str, Any]) -> None:
+        """Keep a worker's last known state (written with the next flush, as JSON)."""
+        if not self._writing:
+            return
+        with self._lock:
+            self._pending_workers[hostname] = info
+
+    # --- writer thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            if (
+                self._writing
+                and self._flush_once()
+                and (self.max_tasks is not None or self.max_age is not None)
+            ):
+                self._prune(budget=self.flush_interval / 2)
+            with self._cycled:
+                self._cycles += 1
+                self._cycled.notify_all()
+        if self._writing:
+            self._drain()
+
+    def _drain(self) -> bool:
+        for _ in range(3):
+            if self._flush_once() and not self._pending and not self._pending_workers:
+                return True
+        if self._pending:
+            log.error("%d tasks could not be written to the %s", len(self._pending), self.where)
+        return False
+
+    def _flush_once(self) -> bool:
+        with self._lock:
+            if not self._pending and not self._pending_workers:
+                return True
+            batch, workers = self._pending, self._pending_workers
+            self._inflight = batch
+            self._pending, self._pending_workers = {}, {}
+        started = time.perf_counter()
+        try:
+            rows = [_snapshot(record) for record in batch.values()]
+            self._write(rows, workers)
+        except Exception as exc:
+            self._write_failed(exc)
+            with self._lock:  # newer versions put meanwhile win over the failed batch's
+                if self._writing:
+                    self._pending = {**batch, **self._pending}
+                    self._pending_workers = {**workers, **self._pending_workers}
+                self._inflight = {}
+            return False
+        self._inflight = {}
+        self._written += len(rows)
+        self._flushes += 1
+        self._last_flush_seconds = time.perf_counter() - started
+        if self._failing:
+            log.warning("writing to the %s works again", self.where)
+            self._failing = False
+        return True
+
+    def _write_failed(self, exc: Exception) -> None:
+        kind = type(exc).__name__
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate:
+            kind = f"{kind}({sqlstate})"
+        self._errors[kind] += 1
+        reason = _scrub(str(exc).strip(), self._url)
+        self._last_error = f"{kind}: {reason}"
+        self._failing = True
+        if self._errors[kind] == 1:  # once per kind, not once per batch
+            log.error("cannot write to the %s (%s); will retry", self.where, reason)
+        if self._conn is not None and self._conn.broken:
+            self._conn.close()
+            self._conn = None
+
+    def _writer(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+            self._prepare(self._conn)
+        return self._conn
+
+    def _write(self, rows: list[Row], workers: dict[str, dict[str, Any]]) -> None:
+        conn = self._writer()
+        tally: Counter[str] = Counter()
+        with conn.transaction():
+            if rows:
+                uuids = [r[0] for r in rows]
+                old = conn.execute(
+                    "SELECT state FROM tasks WHERE uuid = ANY(%s)", (uuids,)
+                ).fetchall()
+                tally.subtract(r[0] or "" for r in old)
+                tally.update(r[_STATE_AT] or "" for r in rows)
+                with conn.cursor() as cur, cur.copy(
+                    f"COPY celeriac_batch (ord, {_COLS}, extra) FROM STDIN"
+                ) as copy:
+                    for i, row in enumerate(rows):
+                        copy.write_row((i, *row))
+                conn.execute(_UPSERT)
+                changes = [(s, n) for s, n in tally.items() if n]
+                if changes:
+                    conn.execute(_COUNT_ADD, ([s for s, _ in changes], [n for _, n in changes]))
+            names = frozenset(r[_NAME_AT] for r in rows if r[_NAME_AT]) - self._stored_names
+            if names:
+                conn.execute(
+                    "INSERT INTO task_names (name) SELECT unnest(%s::text[]) "
+                    "ON CONFLICT DO NOTHING",
+                    (sorted(names),),
+                )
+            if workers:
+                now = time.time()
+                hosts = sorted(workers)
+                conn.execute(
+                    "INSERT INTO workers (hostname, info, updated) "
+                    "SELECT h, i, %s FROM unnest(%s::text[], %s::text[]) AS w(h, i) "
+                    "ON CONFLICT (hostname) DO UPDATE SET info = excluded.info, "
+                    "updated = excluded.updated",
+                    (now, hosts, [json.dumps(workers[h], default=str) for h in hosts]),
+                )
+        self._stored_names |= names
+
+    def _prune(self, budget: float) -> None:
+        """Delete the oldest finished tasks beyond the limits, in short transactions.
+
+        At least one batch per writer cycle, so that retention keeps up under any ingest load,
+        and more only within ``budget`` seconds, so that the next flush is not delayed.
+        """
+        deadline = time.monotonic() + budget
+        while self._writing:
+            try:
+                victims: list[int] = []
+                if self.max_age is not None:
+                    victims = self._oldest_finished(_PRUNE_BATCH, time.time() - self.max_age)
+                if not victims and self.max_tasks is not None:
+                    excess = self._count_on(self._writer()) - self.max_tasks
+                    if excess > 0:
+                        victims = self._oldest_finished(min(_PRUNE_BATCH, excess))
+                if not victims:
+                    return
+                self._delete(victims)
+            except psycopg.Error as exc:
+                self._write_failed(exc)
+                return
+            if time.monotonic() >= deadline:
+                return
+
+    def _oldest_finished(self, limit: int, before: float | None = None) -> list[int]:
+        """ids of up to ``limit`` finished tasks, oldest first (one index range per state)."""
+        conn = self._writer()
+        sql = "SELECT timestamp, id FROM tasks WHERE lower(state) = %s"
+        sql += " AND timestamp < %s" if before is not None else ""
+        sql += " ORDER BY timestamp NULLS FIRST, id LIMIT %s"
+        found: list[tuple[Any, int]] = []
+        for state in _FINAL:
+            params = (state, before, limit) if before is not None else (state, limit)
+            found.extend(conn.execute(sql, params).fetchall())
+        found.sort(key=lambda r: (r[0] is not None, r[0] or 0.0, r[1]))
+        return [r[1] for r in found[:limit]]
+
+    def _delete(self, ids: list[int]) -> None:
+        conn = self._writer()
+        with conn.transaction():
+            gone = conn.execute(
+                "DELETE FROM tasks WHERE id = ANY(%s) RETURNING state", (ids,)
+            ).fetchall()
+            tally = Counter(r[0] or "" for r in gone)
+            conn.execute(
+                _COUNT_ADD, (list(tally), [-n for n in tally.values()])
+            )
+        self._pruned += len(gone)
+
+    # --- readers ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _reader(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._closed:
+            raise StoreError(f"the {self.where} is closed")
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: {self._reason(exc)}") from None
+
+    def get(self, uuid: str) -> TaskRecord | None:
+        """The task as last put (even if not yet written), with its ``children``."""
+        live = self._pending.get(uuid) or self._inflight.get(uuid)
+        if live is not None:
+            record = {f: live.get(f) for f in TASK_FIELDS if f != "children"}
+        else:
+            with self._reader() as conn:
+                row = conn.execute(f"{_SELECT} WHERE uuid = %s", (uuid,)).fetchone()
+            if row is None:
+                return None
+            record = _record(row)
+        record["children"] = self.children(uuid)
+        return record
+
+    def children(self, uuid: str) -> list[str]:
+        """Tasks whose parent_id is ``uuid``, in the order they were first stored."""
+        sql = "SELECT uuid FROM tasks WHERE parent_id = %s AND uuid <> %s ORDER BY id"
+        with self._reader() as conn:
+            found = [r[0] for r in conn.execute(sql, (uuid, uuid))]
+        seen = set(found)
+        for child, record in [*self._inflight.items(), *self._pending.items()]:
+            if child not in seen and child != uuid and record.get("parent_id") == uuid:
+                found.append(child)
+                seen.add(child)
+        return found
+
+    @staticmethod
+    def _read_names(conn: psycopg.Connection[Any]) -> frozenset[str]:
+        return frozenset(r[0] for r in conn.execute("SELECT name FROM task_names"))
+
+    def task_types(self) -> list[str]:
+        """Every task name put here or stored by any instance (re-read every few seconds)."""
+        if time.monotonic() - self._names_read > _NAMES_TTL:
+            with self._reader() as conn:
+                stored = self._read_names(conn)
+            with self._lock:
+                self._names = self._names | stored
+            self._names_read = time.monotonic()
+        return sorted(self._names)
+
+    def count(self) -> int:
+        """Tasks written to the database (what was put in the last flush interval may lack)."""
+        with self._reader() as conn:
+            return self._count_on(conn)
+
+    @staticmethod
+    def _count_on(conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute("SELECT coalesce(sum(n), 0) FROM task_counts").fetchone()
+        return int(row[0]) if row else 0
+
+    def count_by_state(self) -> dict[str, int]:
+        """Written tasks per state, from the counts the writer keeps: no scan."""
+        with self._reader() as conn:
+            rows = conn.execute("SELECT state, n FROM task_counts WHERE n > 0").fetchall()
+        out: Counter[str] = Counter()
+        for state, n in rows:
+            out[state or "PENDING"] += n
+        return dict(out)
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """Every worker's last known state as put with :meth:`put_worker`."""
+        with self._reader() as conn:
+            rows = conn.execute("SELECT hostname, info FROM workers ORDER BY hostname")
+            return {hostname: json.loads(info) for hostname, info in rows}
+
+    def query(self, q: TaskQuery) -> list[TaskRecord]:
+        """The stored tasks matching ``q``, in the order the SQLite store gives: by the sort
+        key (names and states case-insensitively, a missing value lowest), ties by timestamp
+        then by the order the tasks were first stored, all in the same direction; newest first
+        by default. Raises SearchError (a ValueError) for a malformed ``q.search``."""
+        if q.sort_by is not None and q.sort_by not in SORT_KEYS:
+            raise ValueError(f"sort_by must be one of {', '.join(SORT_KEYS)}")
+        if q.limit is not None and q.limit <= 0:
+            return []
+        where: list[str] = []
+        params: list[Any] = []
+        for column, wanted in (("state", q.state), ("name", q.taskname), ("worker", q.workername)):
+            if wanted:
+                where.append(f"lower({column}) = %s")
+                params.append(wanted.lower())
+        # Inclusive bounds, and a task not received yet is not filtered out (Flower's rule).
+        if q.received_start is not None:
+            where.append("(received IS NULL OR received >= %s)")
+            params.append(q.received_start)
+        if q.received_end is not None:
+            where.append("(received IS NULL OR received <= %s)")
+            params.append(q.received_end)
+        node = parse_search(q.search)
+        search = None if node is None else search_condition(node)
+        if search is not None:
+            where.append(f"({search.sql})")
+            params.extend(search.params)
+        sql = f"{_SELECT} WHERE {' AND '.join(where) or 'true'} ORDER BY {self._order(q)}"
+        with self._reader() as conn:
+            if search is None or search.exact:
+                rows = conn.execute(
+                    f"{sql} LIMIT %s OFFSET %s", (*params, q.limit, max(q.offset, 0))
+                ).fetchall()
+                return [_record(r) for r in rows]
+            return self._checked(conn, sql, params, q, compile_search(node))
+
+    @staticmethod
+    def _order(q: TaskQuery) -> str:
+        desc = q.descending or q.sort_by is None
+        direction, nulls = ("DESC", "NULLS LAST") if desc else ("ASC", "NULLS FIRST")
+        ties = f"timestamp {direction} {nulls}, id {direction}"
+        if q.sort_by is None:
+            return ties
+        key = f"lower({q.sort_by})" if q.sort_by in ("name", "state") else q.sort_by
+        return f"{key} {direction} {nulls}, {ties}"
+
+    @staticmethod
+    def _checked(
+        conn: psycopg.Connection[Any], sql: str, params: list[Any], q: TaskQuery, match: Any
+    ) -> list[TaskRecord]:
+        """Read the candidates in order, keep those ``match`` accepts, and page them."""
+        out: list[TaskRecord] = []
+        skip = max(q.offset, 0)
+        with conn.transaction(), conn.cursor(name="celeriac_search") as cur:
+            cur.itersize = _STREAM_ROWS
+            cur.execute(sql, params)
+            for row in cur:
+                record = _record(row)
+                if not match(record):
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                out.append(record)
+                if len(out) == q.limit:
+                    break
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for /metrics and the status page."""
+        return {
+            "pending": len(self._pending),
+            "tasks": self.count(),
+            "written": self._written,
+            "flushes": self._flushes,
+            "pruned": self._pruned,
+            "last_flush_seconds": self._last_flush_seconds,
+            "write_errors": dict(self._errors),
+            "last_error": self._last_error,
+            "failing": self._failing,
+            "writing": self._writing,
+        }

@@ -1,0 +1,474 @@
+"""PostgresStore against a real PostgreSQL server: the SQLite store's answers, durability,
+retention, migrations, errors, and no password in any message.
+
+The answers are held to the same references as the SQLite store's tests (``reference`` there:
+MemoryStore's filters, the search predicate, the documented order), on the same data.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from celeriac.constants import ALL_STATES
+from celeriac.store.base import StoreError, TaskQuery
+from celeriac.store.pg_migrations import MIGRATIONS, migrate, schema_version
+from celeriac.store.postgres import PostgresStore
+from celeriac.store.search import SearchError, compile_search
+from celeriac.store.sqlite import SqliteStore
+from tests.fixtures.postgres import PostgresServer
+from tests.store.test_search import QUERIES, corpus
+from tests.store.test_sqlite import FILTERS, REPO, SLICES, SORTS, T0, make, reference
+
+
+@pytest.fixture
+def store(postgres_url: str) -> Iterator[PostgresStore]:
+    s = PostgresStore(postgres_url, flush_interval=0.02)
+    s.start()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def loaded(postgres_server: PostgresServer) -> Iterator[tuple[PostgresStore, list]]:
+    rng = random.Random(1)
+    records = [make(i, rng) for i in range(600)]
+    s = PostgresStore(postgres_server.new_url("loaded"))
+    for r in records:
+        s.put(dict(r))
+    assert s.flush()
+    yield s, records
+    s.close()
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(f) or "all")
+def test_query_matches_reference(loaded, filters):
+    store, records = loaded
+    for (sort_by, desc), (limit, offset) in [(s, sl) for s in SORTS for sl in SLICES]:
+        q = TaskQuery(limit=limit, offset=offset, sort_by=sort_by, descending=bool(desc), **filters)
+        got, want = store.query(q), reference(records, q)
+        assert [r["uuid"] for r in got] == [r["uuid"] for r in want], q
+        assert got == want
+
+
+def test_same_answers_as_the_sqlite_store(loaded, tmp_path):
+    store, records = loaded
+    lite = SqliteStore(str(tmp_path / "tasks.db"))
+    try:
+        for r in records:
+            lite.put(dict(r))
+        assert lite.flush()
+        for filters in FILTERS:
+            for sort_by, desc in SORTS:
+                q = TaskQuery(limit=30, offset=3, sort_by=sort_by, descending=bool(desc), **filters)
+                assert store.query(q) == lite.query(q), q
+        for search in ("user3", '"bad 55"', "kwargs:user=user2 state:success", "app"):
+            q = TaskQuery(limit=50, search=search)
+            assert store.query(q) == lite.query(q), q
+        assert store.task_types() == lite.task_types()
+        assert store.count() == lite.count() == len(records)
+        assert store.count_by_state() == lite.count_by_state()
+        for r in records[:50]:
+            assert store.get(r["uuid"]) == lite.get(r["uuid"])
+    finally:
+        lite.close()
+
+
+@pytest.fixture(scope="module")
+def searched(postgres_server: PostgresServer) -> Iterator[tuple[PostgresStore, list]]:
+    records = corpus(900)
+    store = PostgresStore(postgres_server.new_url("searched"))
+    for r in records:
+        store.put(dict(r))
+    assert store.flush()
+    yield store, records
+    store.close()
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_search_agrees_with_the_predicate(searched, query):
+    store, records = searched
+    match = compile_search(query)
+    expected = sorted((r for r in records if match(r)), key=lambda r: r["timestamp"], reverse=True)
+    assert store.query(TaskQuery(search=query)) == expected
+    for limit, offset in [(10, 0), (5, 7)]:
+        page = store.query(TaskQuery(search=query, limit=limit, offset=offset))
+        assert page == expected[offset : offset + limit], query
+    filtered = store.query(TaskQuery(search=query, state="SUCCESS", limit=20, sort_by="name"))
+    assert [r["uuid"] for r in filtered] == [
+        r["uuid"]
+        for r in sorted(
+            (r for r in expected if r["state"] == "SUCCESS"),
+            key=lambda r: (r["name"].casefold(), r["timestamp"]),
+        )[:20]
+    ]
+
+
+def test_search_uses_the_trigram_index(searched):
+    store, _ = searched
+    with psycopg.connect(store._url) as conn:
+        conn.execute("SET enable_seqscan = off")  # a tiny table: make the planner show its hand
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN SELECT id FROM tasks WHERE " + _search_sql("args:alpha")[0],
+                _search_sql("args:alpha")[1],
+            )
+        )
+    assert "tasks_search" in plan, plan
+
+
+def _search_sql(text: str) -> tuple[str, tuple[str, ...]]:
+    from celeriac.store.pg_search import search_condition
+    from celeriac.store.search import parse_search
+
+    node = parse_search(text)
+    assert node is not None
+    found = search_condition(node)
+    return found.sql, found.params
+
+
+def test_like_wildcards_are_literal(store):
+    store.put(make(1, args="('100%_done',)"))
+    store.put(make(2, args="('100 done',)"))
+    store.put(make(3, args="('a\\\\b',)"))
+    assert store.flush()
+    assert [r["uuid"] for r in store.query(TaskQuery(search="100%_"))] == ["task-00001"]
+    assert [r["uuid"] for r in store.query(TaskQuery(search="a\\\\b"))] == ["task-00003"]
+    assert store.query(TaskQuery(search="0%d")) == []
+
+
+def test_malformed_search_raises(store):
+    with pytest.raises(SearchError):
+        store.query(TaskQuery(search='"open'))
+
+
+def test_values_come_back_exactly(store):
+    odd = make(1, result=7, eta="2024-01-01T00:00:00+00:00", retries=2**70, runtime=0.1 + 0.2)
+    odd.update(kwargs={"not": "a string"}, args=b"bytes", exchange=True, clock=-(2**63))
+    odd.update(traceback="nul\x00inside", sent=5, received="soon")
+    store.put(odd)
+    assert store.flush()
+    got = store.get("task-00001")
+    assert got is not None
+    assert got["result"] == 7 and got["runtime"] == 0.1 + 0.2
+    assert got["timestamp"] == odd["timestamp"]
+    assert got["retries"] == str(2**70) and got["kwargs"] == "{'not': 'a string'}"
+    assert got["args"] == "b'bytes'" and got["exchange"] == 1 and got["clock"] == -(2**63)
+    assert got["traceback"] == "nul\x00inside" and got["received"] == "soon"
+    assert got["sent"] == 5 and type(got["sent"]) is int
+    assert [r["uuid"] for r in store.query(TaskQuery(search="not': 'a str"))] == ["task-00001"]
+    assert store.stats()["write_errors"] == {}
+
+
+def test_put_is_visible_at_once_and_coalesced(postgres_url):
+    store = PostgresStore(postgres_url)  # no writer thread: nothing is written until flush()
+    record = make(1, state="RECEIVED")
+    store.put(record)
+    record.update(state="STARTED", started=T0 + 2)
+    store.put(record)
+    record.update(state="SUCCESS", result="'done'")
+    store.put(record)
+    got = store.get("task-00001")
+    assert got is not None and got["state"] == "SUCCESS" and got["children"] == []
+    assert store.query(TaskQuery()) == []  # readers see what is written
+    assert store.flush()
+    assert store.stats()["written"] == 1  # three puts, one row
+    assert store.query(TaskQuery()) == [dict(record)]
+    assert store.count_by_state() == {"SUCCESS": 1}
+    record.update(state="FAILURE")  # an update moves the count, it does not add one
+    store.put(record)
+    assert store.flush()
+    assert store.count_by_state() == {"FAILURE": 1} and store.count() == 1
+    store.close()
+
+
+def test_close_flushes_and_reopen_keeps_everything(postgres_url):
+    store = PostgresStore(postgres_url, flush_interval=10)  # close must flush
+    store.start()
+    records = [make(i) for i in range(300)]
+    for r in records:
+        store.put(r)
+    store.put_worker("celery@w1", {"hostname": "celery@w1", "loadavg": [0.1, 0.2, 0.3]})
+    store.close()
+    again = PostgresStore(postgres_url)
+    try:
+        assert again.count() == 300
+        assert again.task_types() == sorted({r["name"] for r in records if r["name"]})
+        for r in records:
+            assert again.get(r["uuid"]) == {**r, "children": []}
+        assert again.workers() == {
+            "celery@w1": {"hostname": "celery@w1", "loadavg": [0.1, 0.2, 0.3]}
+        }
+        assert again.count_by_state() == {
+            s: n for s in ALL_STATES if (n := sum(r["state"] == s for r in records))
+        }
+    finally:
+        again.close()
+
+
+def test_children_from_the_index_and_from_pending(postgres_url):
+    store = PostgresStore(postgres_url)
+    parent = make(1)
+    store.put(parent)
+    store.put(make(2, parent_id=parent["uuid"], root_id=parent["uuid"]))
+    store.put(make(3, parent_id=parent["uuid"], root_id=parent["uuid"]))
+    assert store.flush()
+    store.put(make(4, parent_id=parent["uuid"]))  # not written yet
+    store.put(make(5, parent_id="task-00005"))  # its own parent: not a child
+    assert store.children(parent["uuid"]) == ["task-00002", "task-00003", "task-00004"]
+    got = store.get(parent["uuid"])
+    assert got is not None and got["children"] == ["task-00002", "task-00003", "task-00004"]
+    assert store.flush()
+    late = make(6)
+    store.put(late)
+    assert store.flush()
+    late["parent_id"] = parent["uuid"]  # parent_id known only from a late event
+    store.put(late)
+    assert store.flush()
+    assert store.children(parent["uuid"])[-1] == "task-00006"
+    assert store.get("task-00002")["root_id"] == parent["uuid"]
+    assert store.children("task-00005") == []
+    store.close()
+
+
+SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+from celeriac.constants import TASK_FIELDS
+from celeriac.store.postgres import PostgresStore
+store = PostgresStore(sys.argv[1], flush_interval=0.01)
+store.start()
+i = 0
+while True:
+    for _ in range(100):
+        record = dict.fromkeys(f for f in TASK_FIELDS if f != "children")
+        record.update(uuid="k%06d" % i, name="tasks.kill", state="SUCCESS", timestamp=float(i),
+                      args="(%d,)" % i, result="'r%d'" % i)
+        store.put(record)
+        i += 1
+    if store.flush():
+        print(i, flush=True)
+"""
+
+
+def test_sigkill_keeps_what_was_flushed(postgres_url):
+    script = SCRIPT.format(repo=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, postgres_url], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    written = 0
+    for line in proc.stdout:
+        written = int(line)
+        if written >= 3000:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert written >= 3000
+    store = PostgresStore(postgres_url)
+    try:
+        assert store.count() >= written
+        assert store.count() == store.count_by_state()["SUCCESS"]
+        last = store.get(f"k{written - 1:06d}")
+        assert last is not None and last["result"] == f"'r{written - 1}'"
+        assert [r["uuid"] for r in store.query(TaskQuery(search="r2999"))] == ["k002999"]
+    finally:
+        store.close()
+
+
+def test_retention_prunes_oldest_finished_only(postgres_url):
+    store = PostgresStore(postgres_url, max_tasks=50, flush_interval=0.01)
+    store.start()
+    running = [make(i, state="STARTED") for i in range(10)]  # the oldest of all
+    done = [make(i, state="SUCCESS", args=f"(arg{i},)") for i in range(10, 110)]
+    for r in running + done:
+        store.put(r)
+    assert store.flush()
+    assert store.flush()
+    kept = {r["uuid"] for r in store.query(TaskQuery())}
+    assert kept == {r["uuid"] for r in running + done[-40:]}
+    assert store.count() == 50 and store.stats()["pruned"] == 60
+    assert store.count_by_state() == {"STARTED": 10, "SUCCESS": 40}
+    assert store.query(TaskQuery(search="arg10,")) == []
+    assert [r["uuid"] for r in store.query(TaskQuery(search="arg109"))] == ["task-00109"]
+    store.close()
+
+
+def test_retention_by_age(postgres_url):
+    store = PostgresStore(postgres_url, max_age=3600, flush_interval=0.01)
+    store.start()
+    now = time.time()
+    old_done = make(1, state="FAILURE", timestamp=now - 7200)
+    old_running = make(2, state="RECEIVED", timestamp=now - 7200)
+    fresh = make(3, state="SUCCESS", timestamp=now - 60)
+    for r in (old_done, old_running, fresh):
+        store.put(r)
+    assert store.flush() and store.flush()
+    assert {r["uuid"] for r in store.query(TaskQuery())} == {"task-00002", "task-00003"}
+    store.close()
+
+
+def test_a_follower_does_not_write_or_prune(postgres_url, monkeypatch):
+    leader = PostgresStore(postgres_url, flush_interval=0.01)
+    leader.start()
+    follower = PostgresStore(postgres_url, max_tasks=1, flush_interval=0.01)
+    follower.set_writing(False)
+    follower.start()
+    try:
+        for i in range(5):
+            leader.put(make(i, state="SUCCESS"))
+        follower.put(make(99))  # dropped: the leader writes
+        assert leader.flush() and follower.flush()
+        assert follower.count() == 5 and follower.get("task-00003") is not None
+        assert follower.get("task-00099") is None
+        monkeypatch.setattr(follower, "_names_read", 0.0)  # its copy of the names is stale
+        assert follower.task_types() == leader.task_types() != []
+        follower.set_writing(True)  # now it prunes to its max_tasks
+        assert follower.flush() and follower.flush()
+        assert leader.count() == 1
+    finally:
+        follower.close()
+        leader.close()
+
+
+def _v2(conn: Any) -> None:
+    conn.execute('ALTER TABLE tasks ADD COLUMN queue text COLLATE "C"')
+    conn.execute("UPDATE tasks SET queue = routing_key")
+    conn.execute("CREATE INDEX tasks_queue ON tasks (queue, timestamp, id)")
+
+
+def test_a_version_1_database_is_upgraded_without_losing_data(postgres_url):
+    store = PostgresStore(postgres_url)
+    records = [make(i) for i in range(20)]
+    for r in records:
+        store.put(r)
+    store.close()
+    with psycopg.connect(postgres_url) as conn:
+        assert schema_version(conn) == len(MIGRATIONS) == 1
+    upgraded = PostgresStore(postgres_url, migrations=(*MIGRATIONS, _v2))
+    try:
+        assert upgraded.count() == 20
+        assert upgraded.get("task-00003") == {**records[3], "children": []}
+        assert upgraded.query(TaskQuery(search="bad 11"))[0]["uuid"] == "task-00011"
+    finally:
+        upgraded.close()
+    with psycopg.connect(postgres_url) as conn:
+        assert schema_version(conn) == 2
+        count = conn.execute("SELECT count(*) FROM tasks WHERE queue = 'celery'").fetchone()
+        assert count == (20,)
+
+
+def test_a_failed_migration_leaves_the_previous_version(postgres_url):
+    PostgresStore(postgres_url).close()
+
+    def broken(conn: Any) -> None:
+        conn.execute("ALTER TABLE tasks ADD COLUMN half_done text")
+        conn.execute("THIS IS NOT SQL")
+
+    with pytest.raises(StoreError, match="syntax error"):
+        PostgresStore(postgres_url, migrations=(*MIGRATIONS, broken))
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert schema_version(conn) == 1
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'tasks'"
+        ).fetchall()
+        assert ("half_done",) not in columns
+        assert migrate(conn) == 1
+
+
+def test_instances_starting_together_migrate_once(postgres_url):
+    stores: list[PostgresStore] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            stores.append(PostgresStore(postgres_url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert errors == [] and len(stores) == 4
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
+
+
+def test_a_newer_database_is_refused(postgres_url):
+    PostgresStore(postgres_url).close()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (99, 0)")
+    with pytest.raises(StoreError, match="schema version 99, newer than this celeriac knows"):
+        PostgresStore(postgres_url)
+
+
+def test_errors_never_show_the_password(postgres_server, caplog):
+    wrong = postgres_server.url().replace(postgres_server.password, "s3cret-wrong")
+    with pytest.raises(StoreError) as caught:
+        PostgresStore(wrong)
+    assert "s3cret-wrong" not in str(caught.value) and "password" in str(caught.value)
+    gone = f"postgresql://celeriac:s3cret-gone@127.0.0.1:{postgres_server.port}/no_such_db"
+    with pytest.raises(StoreError) as caught:
+        PostgresStore(gone)
+    assert "s3cret-gone" not in str(caught.value) and "no_such_db" in str(caught.value)
+    store = PostgresStore(postgres_server.new_url("secret"))
+    assert postgres_server.password not in repr(store)
+    assert postgres_server.password not in store.where
+    store.close()
+
+
+def test_a_lost_connection_is_reopened_and_loses_nothing(store, caplog):
+    store.put(make(1))
+    assert store.flush()
+    with psycopg.connect(store._url, autocommit=True) as admin:
+        pid = store._conn.info.backend_pid
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with caplog.at_level(logging.ERROR, logger="celeriac.store.postgres"):
+        for i in range(2, 50):
+            store.put(make(i))
+        assert store.flush(timeout=10) or store.flush(timeout=10)
+    assert store.count() == 49
+    assert store.stats()["write_errors"]  # counted
+    for record in caplog.records:
+        assert store._url.split(":")[2].split("@")[0] not in record.getMessage()
+
+
+def test_concurrent_readers_while_writing(store):
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                page = store.query(TaskQuery(limit=20, state="SUCCESS"))
+                assert all(r["state"] == "SUCCESS" for r in page)
+                store.query(TaskQuery(limit=5, search="user3"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for t in readers:
+        t.start()
+    for i in range(3000):
+        store.put(make(i))
+    assert store.flush()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert errors == []
+    assert store.count() == 3000
