@@ -16,6 +16,7 @@ from celery import Celery
 
 from celeriac.control import INSPECT_ALWAYS, INSPECT_DETAIL, Control
 from celeriac.events.base import EventSource
+from celeriac.leader import Leadership, is_database_url, leadership_for, open_shared_store
 from celeriac.settings import Settings, SettingsError, redact_url
 from celeriac.state import State
 from celeriac.store.base import TaskStore
@@ -63,6 +64,8 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
 
 
 def open_store(settings: Settings) -> TaskStore:
+    if is_database_url(settings.db):  # several instances may share it: celeriac/leader.py
+        return open_shared_store(settings)
     if settings.db and settings.db != ":memory:":
         from celeriac.store.sqlite import SqliteStore
 
@@ -105,6 +108,8 @@ class Cluster:
         self.state = State(self.store)
         self.control = Control(self.app, settings.inspect_timeout_s)
         self.source = open_source(settings, self.app, self.state, self.control)
+        # On a shared store only the elected instance ingests; None: this one always does.
+        self.leadership: Leadership | None = leadership_for(self)
         # Worker details from inspect replies, kept across refreshes: {hostname: info}.
         self.worker_info: dict[str, dict[str, Any]] = {}
         # Workers that did not answer an inspect, and when: a plain /api/workers does not
@@ -125,10 +130,20 @@ class Cluster:
 
     def start(self) -> None:
         self.store.start()
-        self.source.start()
+        if self.leadership is not None:
+            self.leadership.start()  # starts the source whenever elected
+        else:
+            self.source.start()
         log.info("watching %s", self.broker_url)
 
+    @property
+    def role(self) -> str:
+        """"leader" or "follower" on a shared store, "single" otherwise."""
+        return "single" if self.leadership is None else self.leadership.role
+
     def close(self) -> None:
+        if self.leadership is not None:
+            self.leadership.close()
         self.source.close()
         self.control.close()
         self.store.close()

@@ -32,7 +32,11 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 async def healthcheck(request: Request) -> Response:
-    return PlainTextResponse("OK")
+    # The body stays Flower's "OK"; the role (leader/follower on a shared PostgreSQL store,
+    # single otherwise) is in a header, so a proxy or a probe can tell them apart.
+    cluster = getattr(request.app.state, "cluster", None)
+    role = str(getattr(cluster, "role", "single"))
+    return PlainTextResponse("OK", headers={"X-Celeriac-Role": role})
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -241,6 +241,13 @@ class State:
     def online_workers(self) -> list[str]:
         return [name for name, up in self.worker_status().items() if up]
 
+    def restore_workers(self, saved: dict[str, dict[str, Any]]) -> None:
+        """Take the workers as stored by another instance (a follower's view, see
+        ``celeriac/leader.py``); a worker's state is whatever was stored last."""
+        with self._lock:
+            for hostname, info in saved.items():
+                self._workers[hostname] = WorkerState.restored(hostname, info)
+
     def forget_worker(self, hostname: str) -> None:
         with self._lock:
             self._workers.pop(hostname, None)

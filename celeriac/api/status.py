@@ -22,6 +22,7 @@ async def status(request: Request) -> Response:
         {
             "version": __version__,
             "broker": cluster.broker_url,
+            "role": cluster.role,  # leader or follower on a shared store; single otherwise
             "uptime": round(time.time() - cluster.started_at, 3),
             "events": {
                 **cluster.source.counters.as_dict(),

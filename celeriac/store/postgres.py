@@ -12,7 +12,7 @@ writes; :meth:`PostgresStore.set_writing` turns a follower's writer (and retenti
 Readers always read the database, so a follower answers from what the leader wrote.
 
 The database URL's password never appears in a log line, a ``repr`` or an error message: every
-message goes through :func:`_scrub`. A failed write goes back into the pending dict for the next
+message goes through :func:`scrub`. A failed write goes back into the pending dict for the next
 try (a lost connection is reopened), logged once per kind, counted in :meth:`stats`.
 """
 
@@ -80,7 +80,7 @@ _COUNT_ADD = (
 )
 
 
-def _scrub(text: str, url: str) -> str:
+def scrub(text: str, url: str) -> str:
     """``text`` without the password of ``url`` (libpq may quote parts of the URL back)."""
     try:
         password = psycopg.conninfo.conninfo_to_dict(url).get("password")
@@ -206,7 +206,7 @@ class PostgresStore:
         if isinstance(exc, MigrationError):
             return str(exc)
         text = str(exc).strip() or type(exc).__name__
-        return f"cannot use it: {_scrub(text, self._url)}"
+        return f"cannot use it: {scrub(text, self._url)}"
 
     def _connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self._url, autocommit=True, connect_timeout=10)
@@ -347,7 +347,7 @@ class PostgresStore:
         if sqlstate:
             kind = f"{kind}({sqlstate})"
         self._errors[kind] += 1
-        reason = _scrub(str(exc).strip(), self._url)
+        reason = scrub(str(exc).strip(), self._url)
         self._last_error = f"{kind}: {reason}"
         self._failing = True
         if self._errors[kind] == 1:  # once per kind, not once per batch

@@ -1,0 +1,206 @@
+"""Which of several celeriac instances on one PostgreSQL database ingests a cluster's events.
+
+Exactly one instance per watched cluster reads the events and writes the store: the one holding
+a session-level PostgreSQL advisory lock whose key is derived from the cluster's identity (the
+broker URL without its credentials, see ``store/location.py``). The lock belongs to one
+connection that does nothing else; when the leader dies its connection drops, PostgreSQL
+releases the lock, and the next follower to poll (every ``interval`` seconds) takes it and
+starts ingesting: the hand-over takes about one interval. A leader that loses its connection
+stops ingesting at once, since another instance may already hold the lock.
+
+Followers serve the API and the UI from the store (tasks) and from the workers' last state the
+leader stores with every heartbeat, reloaded every ``interval``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from celeriac.settings import Settings, redact_url
+from celeriac.store.base import StoreError
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from celeriac.cluster import Cluster
+    from celeriac.store.postgres import PostgresStore
+
+__all__ = [
+    "FOLLOWER",
+    "LEADER",
+    "Leadership",
+    "is_database_url",
+    "leadership_for",
+    "lock_key",
+    "open_shared_store",
+]
+
+log = logging.getLogger("celeriac")
+
+LEADER, FOLLOWER = "leader", "follower"
+
+
+def is_database_url(db: str | None) -> bool:
+    """Whether ``--db`` names a PostgreSQL database rather than a SQLite file."""
+    return bool(db) and str(db).strip().lower().startswith(("postgresql://", "postgres://"))
+
+
+def open_shared_store(settings: Settings) -> PostgresStore:
+    """The PostgreSQL store at ``settings.db``; StoreError (one line, no password) if it
+    cannot be used, psycopg included."""
+    assert settings.db is not None
+    try:
+        from celeriac.store.postgres import PostgresStore
+    except ImportError as exc:
+        raise StoreError(
+            f"task database {redact_url(settings.db)}: PostgreSQL needs psycopg 3 "
+            f"(pip install 'celeriac[postgres]'): {exc}"
+        ) from None
+    return PostgresStore(settings.db, max_tasks=settings.max_tasks, max_age=settings.max_age)
+
+
+def leadership_for(cluster: Cluster) -> Leadership | None:
+    """For a cluster on a shared (PostgreSQL) store, the election that decides whether this
+    instance ingests; None for a store of its own, which always ingests."""
+    store = cluster.store
+    url = cluster.settings.db
+    if not is_database_url(url) or not hasattr(store, "set_writing"):
+        return None
+    assert url is not None
+    from celeriac.cluster import open_source
+    from celeriac.store.location import cluster_identity
+
+    started = False
+
+    def elected() -> None:
+        nonlocal started
+        store.set_writing(True)
+        if started:  # a source is started once: a new one for every term
+            cluster.source = open_source(
+                cluster.settings, cluster.app, cluster.state, cluster.control
+            )
+        started = True
+        cluster.source.start()
+
+    def deposed() -> None:
+        cluster.source.close()
+        store.set_writing(False)
+
+    def follow() -> None:
+        cluster.state.restore_workers(store.workers())
+
+    store.set_writing(False)  # until elected
+    identity = cluster_identity(cluster.app.conf.broker_url or "")
+    return Leadership(url, identity, elected, deposed, follow)
+
+
+def lock_key(identity: str) -> int:
+    """A signed 64-bit advisory lock key for a cluster identity (stable across versions)."""
+    digest = hashlib.sha256(b"celeriac-leader:" + identity.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class Leadership:
+    """Contends for the lock on a thread of its own; calls ``on_elected`` when it gets it and
+    ``on_deposed`` when it loses it (connection lost) or at :meth:`close` while leading. Both
+    run on that thread, one at a time; ``on_follow`` runs every ``interval`` while following."""
+
+    def __init__(
+        self,
+        url: str,
+        identity: str,
+        on_elected: Callable[[], None],
+        on_deposed: Callable[[], None],
+        on_follow: Callable[[], None] | None = None,
+        interval: float = 1.0,
+    ) -> None:
+        self._url = url
+        self.identity = identity
+        self.key = lock_key(identity)
+        self._on_elected = on_elected
+        self._on_deposed = on_deposed
+        self._on_follow = on_follow
+        self.interval = interval
+        self._conn: psycopg.Connection[Any] | None = None  # holds the lock while leading
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.leading = False
+        self.since = time.time()  # when the role last changed
+        self.elections = 0
+
+    @property
+    def role(self) -> str:
+        return LEADER if self.leading else FOLLOWER
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="celeriac-leader", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop contending; a leader stops ingesting and releases the lock (by closing)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.leading:
+            self._depose("stopping")
+        self._drop()
+
+    def _run(self) -> None:
+        import psycopg
+
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except psycopg.Error as exc:
+                from celeriac.store.postgres import scrub
+
+                lines = str(exc).strip().splitlines()
+                reason = scrub(lines[0] if lines else type(exc).__name__, self._url)
+                self._drop()
+                if self.leading:
+                    self._depose(f"lost the database connection ({reason})")
+            except Exception:  # a callback failed: never let the thread die
+                log.exception("leader election for %s", self.identity)
+            self._stop.wait(self.interval)
+
+    def _step(self) -> None:
+        import psycopg
+
+        if self._conn is None:
+            self._conn = psycopg.connect(
+                self._url,
+                autocommit=True,
+                connect_timeout=5,
+                # Notice a dead server or network within seconds, not hours.
+                keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2,
+                application_name="celeriac-leader",
+            )  # fmt: skip
+        if self.leading:
+            self._conn.execute("SELECT 1")  # still connected, so still holding the lock
+            return
+        row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+        if row is not None and row[0]:
+            self.leading = True
+            self.since = time.time()
+            self.elections += 1
+            log.info("leader for %s: ingesting events", self.identity)
+            self._on_elected()
+        elif self._on_follow is not None:
+            self._on_follow()
+
+    def _depose(self, why: str) -> None:
+        self.leading = False
+        self.since = time.time()
+        log.warning("no longer leader for %s (%s): ingest stopped", self.identity, why)
+        self._on_deposed()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

@@ -1,0 +1,166 @@
+"""Several celeriac instances on one PostgreSQL database: one ingests, every one serves.
+
+The election alone (two Leadership objects on one key), then real celeriac processes with
+``--db postgresql://...`` and a real worker: tasks show in the API of each, the follower serves
+them from the store, and when the leader is SIGKILLed mid-stream the follower takes over and
+every task sent after the hand-over arrives.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import psycopg
+import pytest
+
+from celeriac.leader import FOLLOWER, LEADER, Leadership, is_database_url, lock_key
+from tests.fixtures import wait_for
+
+
+def test_lock_key_is_stable_and_signed_64_bit():
+    key = lock_key("redis://localhost:6379/0")
+    assert key == lock_key("redis://localhost:6379/0") != lock_key("redis://localhost:6379/1")
+    assert -(2**63) <= key < 2**63
+    assert is_database_url("postgresql://u:p@h/db") and is_database_url("POSTGRES://h/db")
+    assert not is_database_url("/var/lib/celeriac/tasks.db") and not is_database_url(None)
+
+
+class Candidate:
+    def __init__(self, url: str, identity: str = "redis://localhost:6379/0") -> None:
+        self.events: list[str] = []
+        self.follows = 0
+        self.leadership = Leadership(
+            url, identity, lambda: self.events.append("elected"),
+            lambda: self.events.append("deposed"), self._follow, interval=0.1,
+        )  # fmt: skip
+
+    def _follow(self) -> None:
+        self.follows += 1
+
+
+def test_one_leader_and_a_takeover_when_it_goes(postgres_url):
+    a, b = Candidate(postgres_url), Candidate(postgres_url)
+    a.leadership.start()
+    wait_for(lambda: a.leadership.leading, 10, message="a to lead")
+    b.leadership.start()
+    wait_for(lambda: b.follows >= 3, 10, message="b to follow")
+    assert b.leadership.role == FOLLOWER and b.events == []
+    other = Candidate(postgres_url, identity="redis://elsewhere:6379/0")  # another cluster
+    other.leadership.start()
+    wait_for(lambda: other.leadership.leading, 10, message="another cluster's leader")
+    other.leadership.close()
+
+    a.leadership.close()  # releases the lock
+    assert a.events == ["elected", "deposed"]
+    wait_for(lambda: b.leadership.leading, 5, message="b to take over")
+    assert b.leadership.role == LEADER and b.events == ["elected"]
+    b.leadership.close()
+
+
+def test_a_leader_that_loses_its_connection_stops_leading(postgres_url):
+    a, b = Candidate(postgres_url), Candidate(postgres_url)
+    a.leadership.start()
+    wait_for(lambda: a.leadership.leading, 10, message="a to lead")
+    b.leadership.start()
+    wait_for(lambda: b.follows >= 1, 10, message="b to follow")
+    assert a.leadership._conn is not None
+    pid = a.leadership._conn.info.backend_pid
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    wait_for(lambda: "deposed" in a.events, 5, message="a to notice")
+    wait_for(lambda: b.leadership.leading or a.leadership.leading, 5, message="a new leader")
+    leaders = [c for c in (a, b) if c.leadership.leading]
+    assert len(leaders) == 1
+    a.leadership.close()
+    b.leadership.close()
+
+
+# Real processes ------------------------------------------------------------------------------
+
+
+def role(monitor) -> str:
+    try:
+        return monitor.client.get("/healthcheck", timeout=2).headers.get("X-Celeriac-Role", "")
+    except httpx.TransportError:
+        return ""
+
+
+def task_states(monitor) -> dict[str, str]:
+    reply = monitor.client.get("/api/tasks", params={"limit": 100000})
+    assert reply.status_code == 200, reply.text
+    return {uuid: task["state"] for uuid, task in reply.json().items()}
+
+
+def all_done(monitor, ids) -> bool:
+    states = task_states(monitor)
+    return all(states.get(i) == "SUCCESS" for i in ids)
+
+
+@pytest.fixture
+def shared(celeriac_server, celery_worker, redis_broker, postgres_url):
+    celery_worker(redis_broker)
+    first = celeriac_server(redis_broker, env={"CELERIAC_DB": postgres_url})
+    wait_for(lambda: role(first) == LEADER, 15, message="the first instance to lead")
+    second = celeriac_server(redis_broker, env={"CELERIAC_DB": postgres_url})
+    return first, second
+
+
+def test_two_instances_on_one_database_both_show_every_task(shared, redis_broker, postgres_url):
+    leader, follower = shared
+    time.sleep(1.5)  # a few election rounds: the follower must stay a follower
+    assert role(follower) == FOLLOWER and role(leader) == LEADER
+    assert follower.client.get("/healthcheck").text == "OK"  # Flower's body, unchanged
+    status = follower.client.get("/api/celeriac/status").json()
+    assert status["role"] == FOLLOWER
+    sent = [redis_broker.tasks.add.delay(i, i) for i in range(20)]
+    assert [r.get(timeout=20) for r in sent] == [2 * i for i in range(20)]
+    ids = [r.id for r in sent]
+    for monitor in (leader, follower):
+        wait_for(lambda m=monitor: all_done(m, ids), 20, message=f"{monitor.url} to show all")
+    info = follower.client.get(f"/api/task/info/{ids[3]}").json()
+    assert info["state"] == "SUCCESS" and info["result"] == "6" and info["args"] == "(3, 3)"
+    types = follower.client.get("/api/task/types").json()["task-types"]
+    assert "tests.apps.proj.add" in types or any(t.endswith(".add") for t in types)
+    workers = wait_for(lambda: follower.client.get("/api/workers?status=true").json(), 10)
+    assert any(up for up in workers.values()), workers  # from the stored heartbeats
+    # Nothing was written twice: one row per task.
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (20,)
+    password = postgres_url.split(":")[2].split("@")[0]
+    for monitor in (leader, follower):
+        assert password not in monitor.log_text()
+        assert password not in follower.client.get("/api/celeriac/status").text
+
+
+def test_sigkill_the_leader_mid_stream_and_the_follower_takes_over(shared, redis_broker):
+    leader, follower = shared
+    stop = threading.Event()
+    before: list[str] = []
+
+    def stream() -> None:
+        while not stop.is_set():
+            before.append(redis_broker.tasks.add.delay(1, 1).id)
+            time.sleep(0.02)
+
+    sender = threading.Thread(target=stream)
+    sender.start()
+    try:
+        wait_for(lambda: len(task_states(leader)) >= 30, 20, message="the stream to flow")
+        killed_at = time.monotonic()
+        leader.process.send_signal(signal.SIGKILL)
+        wait_for(lambda: role(follower) == LEADER, 15, message="the follower to take over")
+        took = time.monotonic() - killed_at
+    finally:
+        stop.set()
+        sender.join()
+    assert took < 10, took
+    after = [redis_broker.tasks.add.delay(i, 1) for i in range(40)]
+    assert [r.get(timeout=30) for r in after] == [i + 1 for i in range(40)]
+    ids = [r.id for r in after]
+    wait_for(lambda: all_done(follower, ids), 20, message="every task sent after the hand-over")
+    # What the old leader had written before it died is still there.
+    states = task_states(follower)
+    assert sum(1 for i in before if i in states) >= 30
