@@ -60,6 +60,8 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Prune finished tasks older than this (90s, 15m, 12h, 7d)."),
         click.option("--event-queue", "--event_queue", "event_queue",
                      help="RabbitMQ: a stable event queue name, kept across restarts."),
+        click.option("--alerts", metavar="FILE",
+                     help="Alert rules and their webhooks, a TOML file (CELERIAC_ALERTS)."),
         click.option("--log-level", "--log_level", "log_level",
                      type=click.Choice(["debug", "info", "warning", "error"]),
                      help="Log level [info]."),

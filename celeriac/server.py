@@ -19,7 +19,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from celeriac import auth, metrics
-from celeriac.api import openapi, status, task_actions, tasks, workers
+from celeriac.alerts import AlertEngine
+from celeriac.api import alerts, openapi, status, task_actions, tasks, workers
 from celeriac.api.errors import APIError, handle_api_error, text_error
 from celeriac.cluster import Cluster
 from celeriac.settings import Settings
@@ -101,6 +102,7 @@ def routes() -> list[BaseRoute]:
         *task_actions.routes,
         *workers.routes,
         *status.routes,
+        *alerts.routes,
         *openapi.routes,
         *metrics.routes,
         *web_routes,
@@ -110,13 +112,18 @@ def routes() -> list[BaseRoute]:
 def create_app(settings: Settings, cluster: Cluster | None = None) -> Starlette:
     """Build the ASGI app; the cluster is created here unless a test or the demo passes one."""
     cluster = cluster if cluster is not None else Cluster(settings)
+    alert_engine = AlertEngine.from_settings(settings, cluster)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         cluster.start()
+        if alert_engine is not None:
+            alert_engine.start()
         try:
             yield
         finally:
+            if alert_engine is not None:
+                await alert_engine.close()
             cluster.close()
 
     route_list = routes()
@@ -137,6 +144,7 @@ def create_app(settings: Settings, cluster: Cluster | None = None) -> Starlette:
     )
     app.state.cluster = cluster
     app.state.settings = settings
+    app.state.alerts = alert_engine
     app.state.metrics = metrics.Metrics(cluster)
     return app
 

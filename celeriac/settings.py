@@ -167,6 +167,7 @@ class Settings:
     db: str | None = None  # SQLite path, ":memory:" for no persistence; None = the default file
     max_age: float | None = None  # seconds; finished tasks older than this are pruned
     log_level: str = "info"
+    alerts: str | None = None  # the alert rules file (TOML, celeriac/alerts/rules.py)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -213,6 +214,10 @@ class Settings:
             path = getattr(self, name)
             if path and not os.path.isfile(path):
                 raise SettingsError(f"{name}: no such file {path}")
+        if self.alerts:
+            from celeriac.alerts.rules import load_config
+
+            load_config(self.alerts)  # a bad rule is refused at start, not on the night
         return self
 
     def _validate_credentials(self) -> None:

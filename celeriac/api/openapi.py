@@ -62,6 +62,87 @@ _TASK_BODY = {
     },
 }
 
+_NUM_OR_NULL = {"type": ["number", "null"]}
+_STR_OR_NULL = {"type": ["string", "null"]}
+_ALERT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"}, "rule": {"type": "string"}, "kind": {"type": "string"},
+        "key": {"type": "string"}, "subject": {"type": "string"},
+        "state": {"type": "string", "enum": ["pending", "firing", "resolved"]},
+        "since": {"type": "number"}, "fired_at": _NUM_OR_NULL, "resolved_at": _NUM_OR_NULL,
+        "value": _NUM_OR_NULL, "summary": {"type": "string"},
+    },
+    "required": ["id", "rule", "kind", "key", "subject", "state", "since", "summary"],
+}
+_ALERTS = {
+    "type": "object",
+    "properties": {
+        "enabled": {"type": "boolean"},
+        "file": _STR_OR_NULL,
+        "interval": _NUM_OR_NULL,
+        "evaluated_at": _NUM_OR_NULL,
+        "evaluations": {"type": "integer"},
+        "fired": {"type": "integer"},
+        "resolved": {"type": "integer"},
+        "queue_error": _STR_OR_NULL,
+        "rules": {"type": "array", "items": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"}, "kind": {"type": "string"},
+                "condition": {"type": "string"}, "for": {"type": "number"},
+                "webhooks": {"type": "array", "items": {"type": "string"}},
+                "state": {"type": "string", "enum": ["ok", "pending", "firing"]},
+                "alerts": {"type": "array", "items": _ALERT},
+                "error": _STR_OR_NULL,
+            },
+            "required": ["name", "kind", "condition", "state", "alerts"],
+        }},
+        "firing": {"type": "array", "items": _ALERT},
+        "recent": {"type": "array", "items": _ALERT},
+        "webhooks": {"type": "array", "items": {
+            "type": "object",
+            "properties": {
+                "webhook": {"type": "string"}, "url": {"type": "string"},
+                "format": {"type": "string", "enum": ["json", "slack"]},
+                "delivered": {"type": "integer"}, "failed": {"type": "integer"},
+                "dropped": {"type": "integer"}, "retries": {"type": "integer"},
+                "pending": {"type": "integer"},
+                "last_result": {"type": ["string", "null"], "enum": ["delivered", "failed", None]},
+                "last_error": _STR_OR_NULL, "last_attempt_at": _NUM_OR_NULL,
+                "last_delivered_at": _NUM_OR_NULL, "last_failed_at": _NUM_OR_NULL,
+            },
+            "required": ["webhook", "url", "delivered", "failed", "retries", "pending"],
+        }},
+        "failures": {"type": "array", "items": {
+            "type": "object",
+            "properties": {
+                "at": {"type": "number"}, "webhook": {"type": "string"},
+                "url": {"type": "string"}, "rule": {"type": "string"},
+                "alert_id": {"type": "string"}, "status": {"type": "string"},
+                "attempts": {"type": "integer"}, "error": {"type": "string"},
+            },
+            "required": ["at", "webhook", "rule", "status", "attempts", "error"],
+        }},
+    },
+    "required": ["enabled", "rules", "firing", "recent", "webhooks", "failures"],
+}
+
+
+_BULK = {
+    "type": "object",
+    "properties": {
+        "action": {"type": "string"}, "dry_run": {"type": "boolean"},
+        "cap": {"type": "integer"}, "matched": {"type": "integer"},
+        "more": {"type": "boolean", "description": "more tasks matched than the cap"},
+        "summary": {"type": "object"},
+        "tasks": {"type": "array", "items": {"type": "object", "properties": {
+            "uuid": {"type": "string"}, "name": {}, "state": {},
+            "outcome": {"type": "string", "enum": ["ok", "skipped", "error"]},
+            "reason": {"type": "string"}, "task-id": {"type": "string"}}}},
+    },
+}
+
 
 def _param(name: str, kind: str = "string", where: str = "query", **extra: Any) -> dict[str, Any]:
     required = where == "path"
@@ -150,6 +231,8 @@ def spec(prefix: str = "") -> dict[str, Any]:
             "Set a task type's rate limit on a worker", _MESSAGE,
             [name, _param("workername"), _param("ratelimit")], (400, 403, 404, 504))},
         "/api/celeriac/status": {"get": _op("celeriac's ingest health", {"type": "object"})},
+        "/api/celeriac/alerts": {"get": _op(
+            "Alert rules, firing and resolved alerts, webhook deliveries", _ALERTS, errors=())},
         "/api/openapi.json": {"get": _op("This description", {"type": "object"})},
     }
     return {

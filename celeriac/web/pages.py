@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from celeriac.web import stream
+from celeriac.web.alerts import alerts_page
 from celeriac.web.dashboard import broker_page, dashboard_page
 from celeriac.web.tasks import task_page, tasks_page
 from celeriac.web.workers import worker_page, workers_page
@@ -26,6 +27,7 @@ web_routes: list[BaseRoute] = [
     Route("/tasks", tasks_page, methods=["GET", "HEAD"]),
     Route("/task/{task_id:path}", task_page, methods=["GET", "HEAD"]),
     Route("/broker", broker_page, methods=["GET", "HEAD"]),
+    Route("/alerts", alerts_page, methods=["GET", "HEAD"]),
     *stream.routes,
     Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
 ]
