@@ -144,6 +144,21 @@ _BULK = {
 }
 
 
+_BULK = {
+    "type": "object",
+    "properties": {
+        "action": {"type": "string"}, "dry_run": {"type": "boolean"},
+        "cap": {"type": "integer"}, "matched": {"type": "integer"},
+        "more": {"type": "boolean", "description": "more tasks matched than the cap"},
+        "summary": {"type": "object"},
+        "tasks": {"type": "array", "items": {"type": "object", "properties": {
+            "uuid": {"type": "string"}, "name": {}, "state": {},
+            "outcome": {"type": "string", "enum": ["ok", "skipped", "error"]},
+            "reason": {"type": "string"}, "task-id": {"type": "string"}}}},
+    },
+}
+
+
 def _param(name: str, kind: str = "string", where: str = "query", **extra: Any) -> dict[str, Any]:
     required = where == "path"
     return {"name": name, "in": where, "required": required, "schema": {"type": kind, **extra}}
@@ -173,6 +188,42 @@ def _op(
 def _worker_op(summary: str, *params: dict[str, Any]) -> dict[str, Any]:
     return {"post": _op(summary, _MESSAGE, [_param("name", where="path"), *params],
                         (400, 403, 404, 504))}
+
+
+_FILTERS = [
+    _param(n) for n in ("state", "taskname", "workername", "received_start", "received_end",
+                        "search")
+]
+_BULK_PARAMS = [
+    {"name": "dry_run", "in": "query", "required": False,
+     "description": "true (the default) only lists what would be done",
+     "schema": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]}},
+    _param("cap", "integer", minimum=1, maximum=10_000),
+]
+_WINDOW = _param("window", enum=["15m", "1h", "24h"])
+
+
+_TIMEOUT = {
+    "name": "timeout", "in": "query", "required": False, "schema": {"type": "number"},
+    "description": "Seconds to wait for the result; 0 or less does not wait, more than "
+                   "--max-wait (5 minutes by default) waits --max-wait.",
+}
+
+
+def _common_responses(paths: dict[str, Any]) -> None:
+    """What the middleware and the router may answer on any operation: 401 without
+    credentials, 403 for a change by a read-only identity or from another site, 404 for a path
+    no route matches, 413 for a body over 1 MiB."""
+    for path, operations in paths.items():
+        for method, op in operations.items():
+            responses = op["responses"]
+            if path != "/healthcheck":
+                responses.setdefault("401", _TEXT_ERROR)
+            if method not in ("get", "head", "options"):
+                responses.setdefault("403", _TEXT_ERROR)
+            if "{" in path:  # a parameter no route matches (one with a line break, say)
+                responses.setdefault("404", _TEXT_ERROR)
+            responses.setdefault("413", _TEXT_ERROR)
 
 
 def spec(prefix: str = "") -> dict[str, Any]:
@@ -231,6 +282,38 @@ def spec(prefix: str = "") -> dict[str, Any]:
             "Set a task type's rate limit on a worker", _MESSAGE,
             [name, _param("workername"), _param("ratelimit")], (400, 403, 404, 504))},
         "/api/celeriac/status": {"get": _op("celeriac's ingest health", {"type": "object"})},
+        "/api/celeriac/alerts": {"get": _op(
+            "Alert rules, firing and resolved alerts, webhook deliveries", _ALERTS, errors=())},
+        "/api/celeriac/tasks/rerun": {"post": _op(
+            "Re-run every task matching the filters (send-task with the same arguments)",
+            _BULK, [*_FILTERS, *_BULK_PARAMS])},
+        "/api/celeriac/tasks/revoke": {"post": _op(
+            "Revoke every unfinished task matching the filters", _BULK,
+            [*_FILTERS, *_BULK_PARAMS,
+             {"name": "terminate", "in": "query", "required": False, "schema": boolean},
+             _param("signal")])},
+        "/api/celeriac/tasks/export": {"get": {
+            "summary": "The tasks matching the filters as CSV or JSON lines, streamed",
+            "parameters": [*_FILTERS, _param("format", enum=["csv", "jsonl"]),
+                           _param("limit", "integer", minimum=0)],
+            "responses": {"200": {"description": "OK", "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}}}},
+                "400": _TEXT_ERROR, "401": _TEXT_ERROR}}},
+        "/api/celeriac/stats/throughput": {"get": _op(
+            "Tasks succeeded and failed per time bucket", {"type": "object"}, [_WINDOW])},
+        "/api/celeriac/stats/task-types": {"get": _op(
+            "Per task type: counts, failure rate and runtime percentiles per time bucket",
+            {"type": "object"}, [_WINDOW, _param("name")])},
+        "/api/celeriac/failures": {"get": _op(
+            "Failed tasks grouped by task name and exception type", {"type": "object"},
+            [_WINDOW])},
+        "/api/celeriac/queues/{name}/purge": {"post": _op(
+            "Purge a queue: remove every message waiting in it", {
+                "type": "object",
+                "properties": {"queue": {"type": "string"}, "purged": {"type": "integer"},
+                               "message": {"type": "string"}}},
+            [name], (400, 403, 404, 503))},
         "/api/celeriac/alerts": {"get": _op(
             "Alert rules, firing and resolved alerts, webhook deliveries", _ALERTS, errors=())},
         "/api/openapi.json": {"get": _op("This description", {"type": "object"})},

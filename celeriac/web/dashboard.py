@@ -15,6 +15,7 @@ from celeriac.api.tasks import cluster_of
 from celeriac.constants import ALL_STATES
 from celeriac.queues import queue_lengths
 from celeriac.web.hub import count_tasks, worker_summary
+from celeriac.web.insights import history_section
 from celeriac.web.markup import esc, json_script, page, path_part, table
 from celeriac.web.stream import hub_of
 from celeriac.web.workers import refresh
@@ -52,6 +53,7 @@ async def dashboard_page(request: Request) -> Response:
  role="img" aria-label="tasks succeeded and failed per second"></svg></div>
 <p class="legend"><span class="key ok"></span> succeeded <span class="key fail"></span> failed
 <span class="muted" id="chart-span"></span></p></section>
+{await history_section(request)}
 <section><h2>Tasks by state</h2><div id="states" class="states"></div></section>
 <section><h2>Workers</h2>
 <div class="scroll"><table id="workers" class="workers"><thead><tr><th>Worker</th>
@@ -82,6 +84,10 @@ async def broker_page(request: Request) -> Response:
                 f'<a href="{esc(prefix)}/worker/{esc(path_part(w))}">{esc(w)}</a>'
                 for w in consumers[name]
             ),
+            f'<button class="act danger small" type="button" data-out="out-purge" '
+            f'data-post="{esc(prefix)}/api/celeriac/queues/{esc(path_part(name))}/purge" '
+            f'data-after="reload" data-confirm="Purge queue {esc(name)}? Every message waiting '
+            f'in it is deleted; tasks a worker already holds are not.">Purge</button>',
         ]
         for name in names
     ]
@@ -89,7 +95,8 @@ async def broker_page(request: Request) -> Response:
 <h1>Broker</h1>
 <p>URL <code>{esc(cluster.broker_url)}</code></p>
 <section><h2>Queues</h2>
-{table(["Queue", "Messages waiting", "Consumed by"], rows, cls="queues")}
+{table(["Queue", "Messages waiting", "Consumed by", ""], rows, cls="queues")}
+<output id="out-purge" class="reply"></output>
 <p class="muted small">Queues that some worker consumes; lengths are asked of the broker
 every few seconds.</p></section>
 """

@@ -22,7 +22,8 @@ from starlette.responses import HTMLResponse
 from celeriac import __version__
 
 #: Top navigation: (path, label).
-NAV = (("/", "Dashboard"), ("/workers", "Workers"), ("/tasks", "Tasks"), ("/broker", "Broker"),
+NAV = (("/", "Dashboard"), ("/workers", "Workers"), ("/tasks", "Tasks"),
+       ("/failures", "Failures"), ("/broker", "Broker"),
        ("/alerts", "Alerts"))
 
 CSP = (

@@ -6,13 +6,13 @@ filter form is plain HTML with the current choices in the URL, so a filtered vie
 
 from __future__ import annotations
 
-import ast
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from celeriac.api.bulk import DEFAULT_CAP, MAX_CAP, rerun_payload, routing
 from celeriac.api.tasks import cluster_of
 from celeriac.cluster import Cluster
 from celeriac.constants import ALL_STATES, FINAL_STATES, TASK_EVENT_STATES
@@ -75,11 +75,32 @@ async def tasks_page(request: Request) -> Response:
         f'<label><input type="checkbox" name="col" value="{c}" checked> {label}</label>'
         for c, label in columns
     )
+    api = esc(request.app.state.settings.prefix)
     body = f"""
 <div class="title"><h1>Tasks</h1><span id="task-status" class="muted"></span>
 <details class="columns"><summary>Columns</summary><div id="columns">{picks}</div></details>
 </div>
 {form}
+<div class="bulk-bar">
+<a id="export-csv" class="button" href="{api}/api/celeriac/tasks/export?format=csv"
+ download>Export CSV</a>
+<a id="export-jsonl" class="button" href="{api}/api/celeriac/tasks/export?format=jsonl"
+ download>Export JSON lines</a>
+<span class="sep"></span>
+<button id="bulk-rerun" type="button" data-action="rerun">Re-run all matching…</button>
+<button id="bulk-revoke" type="button" data-action="revoke" class="danger">Revoke all
+matching…</button>
+<label class="small"><input type="checkbox" id="bulk-terminate"> and terminate running</label>
+<label class="small">at most <input type="number" id="bulk-cap" value="{DEFAULT_CAP}" min="1"
+ max="{MAX_CAP}"></label>
+</div>
+<section id="bulk" class="controls" hidden>
+<p id="bulk-summary"></p>
+<div class="row"><button id="bulk-confirm" type="button" class="danger" hidden></button>
+<button id="bulk-close" type="button">Close</button></div>
+<div class="scroll"><table id="bulk-tasks" class="tasks"><thead><tr><th>Task</th><th>UUID</th>
+<th>State</th><th>Outcome</th><th>Detail</th></tr></thead><tbody></tbody></table></div>
+</section>
 <div class="scroll"><table id="tasks" class="tasks"><thead><tr>{heads}</tr></thead>
 <tbody><tr><td colspan="10" class="muted">loading…</td></tr></tbody></table></div>
 <nav class="pager"><button id="prev" type="button">← Newer</button>
@@ -92,35 +113,6 @@ async def tasks_page(request: Request) -> Response:
 def _local(value: str | None) -> str:
     """The API's ``YYYY-MM-DD HH:MM`` as a datetime-local input's value."""
     return (value or "").replace(" ", "T")
-
-
-def literal(value: Any) -> tuple[bool, Any]:
-    """Task args as events carry them (a repr string) back to values, if they are literals."""
-    if value is None or value == "":
-        return True, None
-    if not isinstance(value, str):
-        return True, value
-    try:
-        return True, ast.literal_eval(value)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return False, None
-
-
-def rerun_payload(rec: TaskRecord) -> dict[str, Any] | None:
-    """``{"args", "kwargs"}`` for send-task, or None when the arguments cannot be rebuilt."""
-    ok_a, args = literal(rec.get("args"))
-    ok_k, kwargs = literal(rec.get("kwargs"))
-    if not (ok_a and ok_k) or not rec.get("name"):
-        return None
-    if isinstance(args, tuple):
-        args = list(args)
-    if args is None:
-        args = []
-    if kwargs is None:
-        kwargs = {}
-    if not isinstance(args, list) or not isinstance(kwargs, dict):
-        return None
-    return {"args": args, "kwargs": kwargs}
 
 
 _ENDS = ("succeeded", "failed", "revoked", "rejected")
@@ -232,6 +224,8 @@ async def task_page(request: Request) -> Response:
         ("Last event", fmt_time(rec.get("timestamp"))),
     ]
     payload = rerun_payload(rec)
+    if payload is not None:
+        payload.update(routing(rec))
     final = rec.get("state") in FINAL_STATES
     rerun = (
         f'<button class="act" data-post="{api}/api/task/send-task/{esc(path_part(rec["name"]))}"'

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import re
 
+from celeriac.api.bulk import rerun_payload
 from celeriac.web.hub import Tick, row
 from celeriac.web.markup import esc, fmt_duration, fmt_time, json_script
 from celeriac.web.stream import delta
-from celeriac.web.tasks import rerun_payload
 
 
 def test_esc_covers_text_and_attributes() -> None:

@@ -254,3 +254,145 @@
     for (const m of early) live(m);
   });
 })();
+
+// Acting on every task of the filter: a dry run first (how many, which), then the real thing
+// after a confirmation, with the outcome of each task. Exports follow the filter too.
+(() => {
+  const FILTERS = ["state", "taskname", "workername", "search", "received_start",
+    "received_end"];
+  const panel = document.getElementById("bulk");
+  const summary = document.getElementById("bulk-summary");
+  const confirmBtn = document.getElementById("bulk-confirm");
+  const tbody = document.querySelector("#bulk-tasks tbody");
+  const SHOWN = 200; // rows listed in the panel; the counts cover them all
+  let pending = null;
+
+  function filters() {
+    const now = new URLSearchParams(location.search);
+    const q = new URLSearchParams();
+    for (const k of FILTERS) if (now.get(k)) q.set(k, now.get(k));
+    return q;
+  }
+
+  function describe() {
+    const q = filters();
+    const parts = [...q.entries()].map(([k, v]) => `${k}=${v}`);
+    return parts.length ? parts.join(", ") : "no filter: every task stored";
+  }
+
+  function updateExports() {
+    for (const fmt of ["csv", "jsonl"]) {
+      const q = filters();
+      q.set("format", fmt);
+      document.getElementById(`export-${fmt}`).href =
+        C.url(`/api/celeriac/tasks/export?${q}`);
+    }
+  }
+
+  function rows(reply) {
+    tbody.innerHTML = reply.tasks.slice(0, SHOWN).map((t) => {
+      const link = C.url(`/task/${encodeURIComponent(t.uuid)}`);
+      let detail = t.reason ? C.esc(t.reason) : "";
+      if (t["task-id"]) {
+        detail = `sent as <a class="new-task" href="${C.esc(C.url("/task/" +
+          encodeURIComponent(t["task-id"])))}"><code>${C.esc(t["task-id"])}</code></a>`;
+      } else if (t.queue || t.routing_key) {
+        detail = `to ${C.esc(t.queue || `${t.exchange} / ${t.routing_key}`)}`;
+      }
+      return `<tr data-uuid="${C.esc(t.uuid)}" data-outcome="${C.esc(t.outcome)}">` +
+        `<td>${C.esc(t.name || "")}</td><td><a href="${C.esc(link)}"><code>` +
+        `${C.esc(t.uuid)}</code></a></td><td>${C.stateBadge(t.state)}</td>` +
+        `<td class="outcome-${C.esc(t.outcome)}">${C.esc(t.outcome)}</td><td>${detail}</td></tr>`;
+    }).join("") || '<tr><td colspan="5" class="muted">No tasks match.</td></tr>';
+  }
+
+  async function call(action, dryRun) {
+    const q = filters();
+    q.set("dry_run", dryRun ? "true" : "false");
+    q.set("cap", document.getElementById("bulk-cap").value || "1000");
+    if (action === "revoke" && document.getElementById("bulk-terminate").checked) {
+      q.set("terminate", "true");
+    }
+    const r = await fetch(C.url(`/api/celeriac/tasks/${action}?${q}`), {
+      method: "POST", credentials: "same-origin",
+    });
+    const text = await r.text();
+    if (!r.ok) throw new Error(`${r.status} ${r.statusText}: ${text}`);
+    return JSON.parse(text);
+  }
+
+  function verb(action) {
+    return action === "rerun" ? "re-run" : "revoke";
+  }
+
+  async function dryRun(action) {
+    panel.hidden = false;
+    panel.dataset.state = "dry-run";
+    confirmBtn.hidden = true;
+    summary.className = "reply busy";
+    summary.textContent = "counting the matching tasks…";
+    tbody.innerHTML = "";
+    try {
+      const reply = await call(action, true);
+      const s = reply.summary;
+      const more = reply.more
+        ? ` More than ${reply.cap} match: only the newest ${reply.cap} would be acted on.` : "";
+      const skipped = s.skipped ? ` ${s.skipped} will be skipped (already finished).` : "";
+      const errors = s.error ? ` ${s.error} cannot be ${verb(action)} (see below).` : "";
+      summary.className = "reply";
+      summary.textContent = `Dry run: ${reply.matched} tasks match (${describe()}); ` +
+        `${s.ok} would be ${action === "rerun" ? "sent again" : "revoked"}.` +
+        `${skipped}${errors}${more}`;
+      rows(reply);
+      if (s.ok) {
+        pending = action;
+        confirmBtn.hidden = false;
+        confirmBtn.textContent = `${action === "rerun" ? "Re-run" : "Revoke"} ${s.ok} tasks`;
+      }
+    } catch (err) {
+      summary.className = "reply err";
+      summary.textContent = String(err.message || err);
+    }
+  }
+
+  async function run() {
+    const action = pending;
+    if (!action) return;
+    if (!window.confirm(`${verb(action)} ${confirmBtn.textContent.split(" ")[1]} tasks ` +
+      `(${describe()})? This cannot be undone.`)) return;
+    confirmBtn.hidden = true;
+    pending = null;
+    summary.className = "reply busy";
+    summary.textContent = "working…";
+    try {
+      const reply = await call(action, false);
+      const s = reply.summary;
+      summary.className = `reply ${s.error ? "err" : "ok"}`;
+      panel.dataset.state = "done";
+      summary.textContent = `Done: ${s.ok} ${action === "rerun" ? "sent again" : "revoked"}` +
+        `${s.skipped ? `, ${s.skipped} skipped` : ""}${s.error ? `, ${s.error} failed` : ""}.`;
+      rows(reply);
+    } catch (err) {
+      summary.className = "reply err";
+      summary.textContent = String(err.message || err);
+    }
+  }
+
+  for (const id of ["bulk-rerun", "bulk-revoke"]) {
+    const btn = document.getElementById(id);
+    btn.addEventListener("click", () => dryRun(btn.dataset.action));
+  }
+  confirmBtn.addEventListener("click", run);
+  document.getElementById("bulk-close").addEventListener("click", () => {
+    panel.hidden = true;
+    pending = null;
+  });
+  // The filter lives in the URL (history.replaceState): follow it.
+  const replace = history.replaceState.bind(history);
+  history.replaceState = (...a) => {
+    replace(...a);
+    updateExports();
+    if (!panel.hidden && panel.dataset.state === "dry-run") panel.hidden = true;
+  };
+  updateExports();
+})();
