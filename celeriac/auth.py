@@ -3,7 +3,10 @@ configured nothing but ``/healthcheck`` answers, unless celeriac was explicitly 
 ``--unauthenticated-api``.
 
 Identities come from HTTP basic auth (``--basic-auth``, Flower's format, and
-``--basic-auth-read-only``) or from API bearer tokens (``--api-token NAME:TOKEN[:read-only]``).
+``--basic-auth-read-only``), from API bearer tokens (``--api-token NAME:TOKEN[:read-only]``), or
+from an OpenID Connect sign-in's session cookie (celeriac/oidc.py). With OIDC configured, a
+browser asking for a page without credentials is redirected to the sign-in; every other
+request without credentials still gets 401.
 An admin may do everything; a read-only identity may read everything and gets 403 on every
 request that could change something (any method but GET, HEAD and OPTIONS), before any handler
 runs. Secrets are compared in constant time, as digests, against every configured secret, so
@@ -27,6 +30,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from celeriac import oidc
 from celeriac.settings import Settings
 
 log = logging.getLogger("celeriac.auth")
@@ -50,7 +54,7 @@ CROSS_SITE = "Cross-site request refused"
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is calling: ``kind`` is ``basic``, ``token`` or ``anonymous``."""
+    """Who is calling: ``kind`` is ``basic``, ``token``, ``oidc`` or ``anonymous``."""
 
     name: str
     kind: str
@@ -109,6 +113,15 @@ def describe(settings: Settings) -> str:
         names = [t.name for t in settings.api_tokens if t.read_only is read_only]
         if names:
             parts.append(f"API tokens ({label}): {', '.join(names)}")
+    if settings.oidc_issuer:
+        who = [f"e-mails matching {settings.auth!r}"] if settings.auth else []
+        who += [f"@{d}" for d in settings.oidc_domains]
+        role = ("admins: e-mails matching " + repr(settings.oidc_admins) if settings.oidc_admins
+                else "read-only" if settings.oidc_read_only else "admins")
+        parts.append(f"OpenID Connect sign-in via {settings.oidc_issuer} for "
+                     f"{' or '.join(who)} ({role})")
+        if not settings.cookie_secret:
+            parts.append("sign-ins end when celeriac restarts (no --cookie-secret)")
     if not parts:
         if settings.unauthenticated_api:
             return "auth: none, everyone is admin (--unauthenticated-api)"
@@ -125,9 +138,13 @@ class AuthMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.credentials = Credentials(settings)
+        self.login = oidc.Policy(settings) if settings.oidc_issuer else None
+        self.configured = bool(self.credentials) or self.login is not None
         self.prefix = settings.prefix
         self.open_api = settings.unauthenticated_api
         self.public = PUBLIC_PATHS | ({METRICS_PATH} if settings.metrics_public else set())
+        if self.login is not None:
+            self.public |= oidc.PATHS
         challenges = []
         if self.credentials.users:
             challenges.append((b"www-authenticate", b'Basic realm="celeriac", charset="UTF-8"'))
@@ -142,12 +159,18 @@ class AuthMiddleware:
         path: str = scope["path"]
         if self.prefix and path.startswith(self.prefix):
             path = path[len(self.prefix) :] or "/"
+        if self.login is not None:
+            scope[oidc.POLICY_KEY] = self.login
         if path in self.public:
             await self.app(scope, receive, send)
             return
         identity, presented = self._identify(scope)
         if identity is None:
-            if self.credentials:
+            if self.login is not None and not presented and _wants_page(scope, path):
+                location = oidc.login_redirect(self.prefix, path, scope.get("query_string", b""))
+                await _deny(send, 302, "Sign-in required", [(b"location", location.encode())])
+                return
+            if self.configured:
                 reason = BAD_CREDENTIALS if presented else AUTH_REQUIRED
                 await _deny(send, 401, reason, self.challenges)
             else:
@@ -170,7 +193,11 @@ class AuthMiddleware:
         """The caller's identity (None if refused), and whether credentials were presented."""
         header = _header(scope, b"authorization")
         if header is None:
-            if not self.credentials and self.open_api:
+            if self.login is not None:
+                email = self.login.signed_in(scope)
+                if email is not None:
+                    return Identity(email, "oidc", not self.login.is_admin(email)), False
+            if not self.configured and self.open_api:
                 return ANONYMOUS, False
             return None, False
         scheme, _, value = header.strip().partition(b" ")
@@ -189,13 +216,21 @@ class AuthMiddleware:
             except UnicodeDecodeError:
                 return None, True
             return self.credentials.bearer(token), True
-        if not self.credentials and self.open_api:
+        if not self.configured and self.open_api:
             return ANONYMOUS, False  # stray credentials on an open celeriac are ignored
         return None, True
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
     return next((v for k, v in scope["headers"] if k == name), None)
+
+
+def _wants_page(scope: Scope, path: str) -> bool:
+    """A browser navigating to a UI page (not the API, /metrics or a script's fetch)."""
+    if scope["method"] not in ("GET", "HEAD") or path.startswith("/api/") or path == METRICS_PATH:
+        return False
+    accept = _header(scope, b"accept") or b""
+    return b"text/html" in accept
 
 
 def _cross_site(scope: Scope) -> bool:

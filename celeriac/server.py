@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from celeriac import auth, metrics
+from celeriac import auth, metrics, oidc
 from celeriac.alerts import AlertEngine
 from celeriac.api import alerts, openapi, status, task_actions, tasks, workers
 from celeriac.api.errors import APIError, handle_api_error, text_error
@@ -126,7 +126,7 @@ def create_app(settings: Settings, cluster: Cluster | None = None) -> Starlette:
                 await alert_engine.close()
             cluster.close()
 
-    route_list = routes()
+    route_list = routes() + oidc.routes_for(settings)
     if settings.prefix:
         route_list = [Mount(settings.prefix, routes=route_list)]
     app = Starlette(
@@ -137,6 +137,7 @@ def create_app(settings: Settings, cluster: Cluster | None = None) -> Starlette:
             Exception: server_error,
         },
         middleware=[
+            *oidc.middleware(settings),
             Middleware(auth.AuthMiddleware, settings=settings),
             Middleware(BodyLimitMiddleware),
         ],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -99,6 +100,28 @@ def read_token_file(path: str) -> tuple[ApiToken, ...]:
     return tuple(tokens)
 
 
+def read_secret_file(path: str, name: str) -> str:
+    """A secret kept in a file (first line), so it shows in no process list or environment."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
+        raise SettingsError(f"{name}: cannot read {path}: {reason}") from None
+    if not secret:
+        raise SettingsError(f"{name}: {path} is empty")
+    return secret
+
+
+def parse_domains(value: str) -> tuple[str, ...]:
+    """``example.com,example.org`` (a leading ``@`` is allowed) -> lower-case domains."""
+    domains = tuple(d.strip().lstrip("@").lower() for d in value.split(",") if d.strip())
+    for d in domains:
+        if not d or "@" in d or any(c.isspace() for c in d):
+            raise SettingsError(f"oidc_domains: {d!r} is not an e-mail domain")
+    return domains
+
+
 def is_loopback(address: str) -> bool:
     """Whether listening on ``address`` keeps celeriac reachable from this machine only."""
     if address.strip().lower() == "localhost":
@@ -160,6 +183,18 @@ class Settings:
     metrics_public: bool = False  # /metrics without credentials
     certfile: str | None = None  # TLS: PEM certificate (chain); the key too unless keyfile
     keyfile: str | None = None
+    # OpenID Connect login for the UI (celeriac/oidc.py)
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = field(default=None, repr=False)
+    oidc_client_secret_file: str | None = None
+    oidc_scopes: str = "openid email profile"
+    auth: str | None = None  # Flower's --auth: a regex the whole e-mail address must match
+    oidc_domains: tuple[str, ...] = ()  # or: e-mail domains allowed in
+    oidc_admins: str | None = None  # if given, only matching e-mails are admins
+    oidc_read_only: bool = False  # every OIDC user read-only
+    cookie_secret: str | None = field(default=None, repr=False)  # None: random per start
+    session_max_age: float = 12 * 3600  # seconds a sign-in lasts
     max_tasks: int = 100_000
     inspect_timeout: float = 1000.0  # milliseconds, as Flower's --inspect_timeout
     purge_offline_workers: float | None = None  # seconds; None keeps offline workers listed
@@ -180,7 +215,9 @@ class Settings:
 
     @property
     def has_credentials(self) -> bool:
-        return bool(self.basic_auth or self.basic_auth_read_only or self.api_tokens)
+        return bool(
+            self.basic_auth or self.basic_auth_read_only or self.api_tokens or self.oidc_issuer
+        )
 
     @property
     def exposed_without_auth(self) -> bool:
@@ -208,6 +245,7 @@ class Settings:
         if self.purge_offline_workers is not None and self.purge_offline_workers < 0:
             raise SettingsError("purge_offline_workers: must be zero or more seconds")
         self._validate_credentials()
+        self._validate_oidc()
         if self.keyfile and not self.certfile:
             raise SettingsError("keyfile: given without certfile")
         for name in ("certfile", "keyfile"):
@@ -231,6 +269,37 @@ class Settings:
             raise SettingsError(f"api_tokens: name {twice[0]!r} given more than once")
         if len({t.token for t in self.api_tokens}) < len(self.api_tokens):
             raise SettingsError("api_tokens: two names share one token")
+
+    def _validate_oidc(self) -> None:
+        used = [name for name in ("oidc_client_id", "oidc_client_secret", "auth", "oidc_domains",
+                                  "oidc_admins", "oidc_read_only", "cookie_secret")
+                if getattr(self, name)]
+        if not self.oidc_issuer:
+            if used:
+                raise SettingsError(f"{used[0]}: needs oidc_issuer (OpenID Connect login)")
+            return
+        issuer = urlsplit(self.oidc_issuer)
+        if issuer.scheme not in ("http", "https") or not issuer.hostname:
+            raise SettingsError(f"oidc_issuer: expected an https:// URL, got {self.oidc_issuer!r}")
+        if issuer.scheme == "http" and not is_loopback(issuer.hostname):
+            raise SettingsError("oidc_issuer: must be https:// (plain http only on this machine)")
+        if not self.oidc_client_id or not self.oidc_client_secret:
+            raise SettingsError("oidc_issuer: needs oidc_client_id and oidc_client_secret")
+        if not (self.auth or self.oidc_domains):
+            raise SettingsError("oidc_issuer: say who may sign in, with auth (a regex of e-mail "
+                                "addresses) or oidc_domains, else every account of the "
+                                "provider would get in")
+        for name in ("auth", "oidc_admins"):
+            pattern = getattr(self, name)
+            if pattern:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise SettingsError(f"{name}: not a regular expression: {exc}") from None
+        if "openid" not in self.oidc_scopes.split():
+            raise SettingsError("oidc_scopes: must include openid")
+        if self.cookie_secret is not None and len(self.cookie_secret) < 16:
+            raise SettingsError("cookie_secret: too short, use at least 32 random characters")
 
     @classmethod
     def build(
@@ -262,11 +331,16 @@ class Settings:
         if values.get("api_token_file"):
             tokens += read_token_file(values["api_token_file"])
         values["api_tokens"] = tuple(tokens)
+        if values.get("oidc_client_secret_file"):
+            if values.get("oidc_client_secret"):
+                raise SettingsError("oidc_client_secret: given twice, directly and as a file")
+            values["oidc_client_secret"] = read_secret_file(
+                values["oidc_client_secret_file"], "oidc_client_secret_file")
         return cls(**values).validate()
 
 
 #: Boolean flags whose ``False`` means "not given" (a variable may still set them).
-_FLAGS = frozenset({"unauthenticated_api", "metrics_public"})
+_FLAGS = frozenset({"unauthenticated_api", "metrics_public", "oidc_read_only"})
 
 
 def _convert(name: str, raw: str) -> Any:
@@ -281,6 +355,9 @@ def _convert(name: str, raw: str) -> Any:
         "basic_auth": parse_basic_auth,
         "basic_auth_read_only": lambda v: parse_basic_auth(v, name),
         "api_tokens": parse_api_tokens,
+        "oidc_read_only": lambda v: parse_bool(v, name),
+        "oidc_domains": parse_domains,
+        "session_max_age": parse_duration,
     }
     convert = kinds.get(name)
     if convert is None:
@@ -295,4 +372,5 @@ def _convert(name: str, raw: str) -> Any:
 
 
 #: Settings whose values are never quoted back.
-_SECRET = frozenset({"basic_auth", "basic_auth_read_only", "api_tokens"})
+_SECRET = frozenset({"basic_auth", "basic_auth_read_only", "api_tokens", "oidc_client_secret",
+                     "cookie_secret"})
