@@ -176,19 +176,24 @@ def observe_queue_length(rule: Rule, lengths: dict[str, int]) -> list[Observatio
     return out
 
 
-def observe_workers(rule: Rule, state: State, now: float) -> list[Observation]:
+def observe_workers(
+    rule: Rule, state: State, watching_since: float, now: float
+) -> list[Observation]:
+    """Workers heard from since this instance began watching. Workers known only from the
+    stored history (listed offline after a restart) are left out: a worker retired last month
+    would otherwise fire on every restart and never resolve."""
     out = []
     for hostname, info in sorted(state.workers().items()):
-        if not rule.matches_worker(hostname):
+        last = info.get("last_heartbeat")
+        if not rule.matches_worker(hostname) or not isinstance(last, float | int):
+            continue
+        if last < watching_since:
             continue
         online = bool(info.get("online"))
-        last = info.get("last_heartbeat")
         if online:
             text = f"worker {hostname} is online"
-        elif isinstance(last, float | int):
-            text = f"worker {hostname} is offline, last heard {fmt_seconds(now - last)} ago"
         else:
-            text = f"worker {hostname} is offline"
+            text = f"worker {hostname} is offline, last heard {fmt_seconds(now - last)} ago"
         out.append(Observation(hostname, f"worker {hostname}", not online, text,
                                0.0 if online else 1.0))
     return out
@@ -213,9 +218,10 @@ def observe_long_running(
     return out
 
 
-def observe_silence(rule: Rule, last_event_at: float | None, started_at: float,
+def observe_silence(rule: Rule, last_event_at: float | None, watching_since: float,
                     now: float) -> list[Observation]:
-    last = last_event_at if last_event_at is not None else started_at
+    """Silence counts from the last event, or from when this instance began watching."""
+    last = max(last_event_at or 0.0, watching_since)
     quiet = max(now - last, 0.0)
     if quiet >= rule.duration:
         text = f"no events for {fmt_seconds(quiet)}"

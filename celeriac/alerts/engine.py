@@ -4,6 +4,11 @@ It runs as a task on the server's event loop. Everything it reads is either a sh
 under a lock (the state's workers, the tap's counts) or the broker's queue lengths, read on the
 control thread pool with a time limit, so neither ingestion nor the API ever waits on it. A
 rule that raises is logged and skipped; the others keep being evaluated.
+
+With several instances on one PostgreSQL store only the leader ingests events, so only the
+leader evaluates rules: a follower would see a silent cluster. A follower that is elected
+starts afresh (its silence counts from the election); one that loses the lead drops its
+alerts without resolving them, since the new leader now owns them.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ class AlertEngine:
         self.queue_lengths: dict[str, int] | None = None
         self.queue_error: str | None = None
         self._queue_read: asyncio.Future[dict[str, int]] | None = None
+        self.role = "single"
+        self.watching_since = self.started_at  # when this instance began ingesting
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -68,7 +75,7 @@ class AlertEngine:
     # -- lifecycle (on the server's loop) ---------------------------------------------------
     def start(self) -> None:
         attach(self.cluster.state, self.tap)
-        self.started_at = time.time()
+        self.started_at = self.watching_since = time.time()
         self.notifier.start()
         self._task = asyncio.create_task(self._loop(), name="celeriac-alerts")
         log.info("alerts: %d rule(s), %d webhook(s) from %s", len(self.config.rules),
@@ -94,6 +101,8 @@ class AlertEngine:
 
     # -- one round --------------------------------------------------------------------------
     async def evaluate(self) -> None:
+        if not self._leading():
+            return
         rules = self.config.rules
         if any(r.kind is Kind.QUEUE_LENGTH for r in rules):
             await self._read_queues()
@@ -127,10 +136,23 @@ class AlertEngine:
                 return None
             return observe_queue_length(rule, self.queue_lengths)
         if rule.kind is Kind.WORKER_OFFLINE:
-            return observe_workers(rule, state, now)
+            return observe_workers(rule, state, self.watching_since, now)
         if rule.kind is Kind.LONG_RUNNING_TASK:
             return observe_long_running(rule, self.tap, status, now)
-        return observe_silence(rule, state.last_event_at, self.started_at, now)
+        return observe_silence(rule, state.last_event_at, self.watching_since, now)
+
+    def _leading(self) -> bool:
+        role = str(getattr(self.cluster, "role", "single"))
+        if role == self.role:
+            return role != "follower"
+        log.info("alerts: this instance is now %s; rules are %s here", role,
+                 "not evaluated" if role == "follower" else "evaluated")
+        self.role = role
+        if role == "follower":
+            self.tracker.active.clear()
+            return False
+        self.watching_since = time.time()
+        return True
 
     async def _read_queues(self) -> None:
         """The lengths every queue rule needs, in one broker round on the control pool; at
@@ -176,6 +198,7 @@ class AlertEngine:
             })
         return {
             "enabled": True,
+            "role": self.role,
             "file": self.config.path,
             "interval": self.config.interval,
             "evaluated_at": self.evaluated_at,
@@ -192,6 +215,6 @@ class AlertEngine:
 
 def disabled_snapshot() -> dict[str, Any]:
     """What the API answers when no alerts file was given."""
-    return {"enabled": False, "file": None, "interval": None, "evaluated_at": None,
+    return {"enabled": False, "role": None, "file": None, "interval": None, "evaluated_at": None,
             "evaluations": 0, "fired": 0, "resolved": 0, "queue_error": None, "rules": [],
             "firing": [], "recent": [], "webhooks": [], "failures": []}

@@ -79,6 +79,7 @@ _ALERTS = {
     "type": "object",
     "properties": {
         "enabled": {"type": "boolean"},
+        "role": _STR_OR_NULL,
         "file": _STR_OR_NULL,
         "interval": _NUM_OR_NULL,
         "evaluated_at": _NUM_OR_NULL,

@@ -63,6 +63,9 @@ and <code>deploy/alerts.example.toml</code> is a complete example.</p></section>
     failed = sum(w["failed"] + w["dropped"] for w in snap["webhooks"])
     queue_note = (f'<p class="error">Queue lengths unavailable: {esc(snap["queue_error"])}</p>'
                   if snap["queue_error"] else "")
+    if snap["role"] == "follower":
+        queue_note += ("<p>This instance is a follower: the leader (the instance that reads "
+                       "the events) evaluates the rules and sends the notifications.</p>")
     body = f"""
 <h1>Alerts</h1>
 <section id="alerts">

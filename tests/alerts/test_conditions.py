@@ -1,61 +1,31 @@
-"""Each condition for real: a celeriac process with an alerts file, real workers driven into the
-condition, and an HTTP receiver started here that must get one firing and one resolution."""
+"""Conditions of tasks and queues for real: a celeriac process with an alerts file, one real
+worker shared by the module, and an HTTP receiver started here that must get exactly one
+firing and one resolution."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.alerts.live import api, episode, settle_then_count, start
 from tests.alerts.receiver import Receiver, of
-from tests.fixtures import BrokerInfo, MonitorFactory, MonitorProcess, WorkerFactory, wait_for
+from tests.fixtures import BrokerInfo, CeleryWorker, MonitorFactory, WorkerFactory, wait_for
 
-INTERVAL = "0.3s"
-
-
-def start(
-    celeriac_server: MonitorFactory, broker: BrokerInfo, tmp_path: Path, receiver: Receiver,
-    rules: str, slack: bool = False,
-) -> MonitorProcess:
-    hooks = f'[[webhook]]\nname = "json"\nurl = "{receiver.url("/json")}"\n'
-    if slack:
-        hooks += f'[[webhook]]\nname = "slack"\nurl = "{receiver.url("/slack")}"\n'
-        hooks += 'format = "slack"\n'
-    path = tmp_path / "alerts.toml"
-    path.write_text(f'interval = "{INTERVAL}"\n{hooks}{rules}')
-    return celeriac_server(broker, "--alerts", str(path))
+pytestmark = pytest.mark.timeout(90)
 
 
-def api(monitor: MonitorProcess) -> dict[str, Any]:
-    response = monitor.client.get("/api/celeriac/alerts")
-    assert response.status_code == 200
-    return response.json()
-
-
-def episode(receiver: Receiver, subject: str, timeout: float) -> tuple[dict, dict]:
-    """Wait for the firing and then the resolution of ``subject``; exactly one of each."""
-    fired = receiver.wait(lambda r: of(r.accepted("/json"), "firing", subject), timeout,
-                          f"a firing for {subject}")
-    resolved = receiver.wait(lambda r: of(r.accepted("/json"), "resolved", subject), timeout,
-                             f"the resolution of {subject}")
-    return fired, resolved
-
-
-def settle_then_count(receiver: Receiver, subject: str) -> tuple[int, int]:
-    time.sleep(1.0)  # a few more rounds: nothing more may arrive
-    bodies = receiver.accepted("/json")
-    return len(of(bodies, "firing", subject)), len(of(bodies, "resolved", subject))
+@pytest.fixture(scope="module")
+def shared(redis_broker: BrokerInfo, module_celery_worker: WorkerFactory) -> CeleryWorker:
+    return module_celery_worker(redis_broker, hostname="shared@%h", concurrency=4)
 
 
 def test_failure_rate(
-    redis_broker: BrokerInfo, celery_worker: WorkerFactory, celeriac_server: MonitorFactory,
+    redis_broker: BrokerInfo, shared: CeleryWorker, celeriac_server: MonitorFactory,
     receiver: Callable[..., Receiver], tmp_path: Path,
 ) -> None:
     r = receiver()
-    celery_worker(redis_broker, hostname="rate@%h", concurrency=4)
     monitor = start(celeriac_server, redis_broker, tmp_path, r, slack=True, rules="""
 [[rule]]
 name = "failing"
@@ -88,7 +58,7 @@ min_tasks = 3
 
 
 def test_queue_length(
-    redis_broker: BrokerInfo, celery_worker: WorkerFactory, celeriac_server: MonitorFactory,
+    redis_broker: BrokerInfo, shared: CeleryWorker, celeriac_server: MonitorFactory,
     receiver: Callable[..., Receiver], tmp_path: Path,
 ) -> None:
     r = receiver()
@@ -106,53 +76,34 @@ for = "1s"
                    "the backlog to fire")
     assert fired[0]["value"] == 3 and fired[0]["fired_at"] - fired[0]["since"] >= 1.0
     assert api(monitor)["firing"][0]["subject"] == "queue nobody-consumes"
-    celery_worker(redis_broker, hostname="drain@%h", queues=["nobody-consumes"])
-    (_,), (resolved,) = episode(r, "queue nobody-consumes", timeout=20)
-    assert resolved["value"] <= 2
-    assert settle_then_count(r, "queue nobody-consumes") == (1, 1)
+    # the worker starts consuming the queue (remote control) and drains it
+    control = redis_broker.app.control
+    replies = control.add_consumer("nobody-consumes", destination=[shared.hostname],
+                                   reply=True, timeout=5)
+    assert replies and "ok" in replies[0][shared.hostname]
+    try:
+        (_,), (resolved,) = episode(r, "queue nobody-consumes", timeout=20)
+        assert resolved["value"] <= 2
+        assert settle_then_count(r, "queue nobody-consumes") == (1, 1)
+    finally:
+        control.cancel_consumer("nobody-consumes", destination=[shared.hostname], reply=True,
+                                timeout=5)
 
 
-def test_worker_offline(
-    redis_broker: BrokerInfo, celery_worker: WorkerFactory, celeriac_server: MonitorFactory,
+def test_long_running_task(
+    redis_broker: BrokerInfo, shared: CeleryWorker, celeriac_server: MonitorFactory,
     receiver: Callable[..., Receiver], tmp_path: Path,
 ) -> None:
     r = receiver()
     monitor = start(celeriac_server, redis_broker, tmp_path, r, rules="""
-[[rule]]
-name = "worker down"
-kind = "worker_offline"
-worker = "flaky@*"
-for = "1s"
-""")
-    worker = celery_worker(redis_broker, hostname="flaky@%h")
-    other = celery_worker(redis_broker, hostname="steady@%h")
-    subject = f"worker {worker.hostname}"
-    wait_for(lambda: api(monitor)["evaluations"] > 2 and monitor.client.get(
-        "/api/workers?status=true").json().get(worker.hostname), 15, 0.1, "flaky to be seen")
-    stopped_at = time.time()
-    worker.stop()
-    fired = r.wait(lambda r: of(r.accepted("/json"), "firing", subject), 20, "worker down")
-    assert fired[0]["fired_at"] >= stopped_at + 1.0
-    celery_worker(redis_broker, hostname="flaky@%h")
-    (_,), (resolved,) = episode(r, subject, timeout=20)
-    assert "is online" in resolved["summary"]
-    assert settle_then_count(r, subject) == (1, 1)
-    assert not of(r.accepted("/json"), "firing", f"worker {other.hostname}")
-
-
-def test_long_running_task(
-    redis_broker: BrokerInfo, celery_worker: WorkerFactory, celeriac_server: MonitorFactory,
-    receiver: Callable[..., Receiver], tmp_path: Path,
-) -> None:
-    r = receiver()
-    celery_worker(redis_broker, hostname="sleepy@%h", concurrency=2)
-    start(celeriac_server, redis_broker, tmp_path, r, rules="""
 [[rule]]
 name = "stuck"
 kind = "long_running_task"
 task = "tests.sleep"
 above = "1.5s"
 """)
+    wait_for(lambda: monitor.client.get("/api/workers?status=true").json().get(
+        shared.hostname), 15, 0.1, "the worker to be seen")
     quick = redis_broker.tasks.sleep.delay(0.2)
     slow = redis_broker.tasks.sleep.delay(4)
     subject = f"task tests.sleep [{slow.id}]"
@@ -163,34 +114,3 @@ above = "1.5s"
     assert settle_then_count(r, subject) == (1, 1)
     assert quick.get(timeout=5) == 0.2
     assert {b["key"] for b in r.accepted("/json")} == {slow.id}
-
-
-def test_no_events(
-    redis_broker: BrokerInfo, celery_worker: WorkerFactory, celeriac_server: MonitorFactory,
-    receiver: Callable[..., Receiver], tmp_path: Path,
-) -> None:
-    r = receiver()
-    worker = celery_worker(redis_broker, hostname="only@%h")
-    monitor = start(celeriac_server, redis_broker, tmp_path, r, rules="""
-[[rule]]
-name = "silence"
-kind = "no_events"
-for = "3s"
-""")
-    wait_for(lambda: api(monitor)["evaluations"] > 5, 10, 0.1, "a few evaluations")
-    time.sleep(1.0)
-    assert r.accepted() == []  # heartbeats every 2 s keep it quiet
-    stopped_at = time.time()  # its last events (worker-offline) come after this
-    worker.stop()
-    fired = r.wait(lambda r: of(r.accepted("/json"), "firing", "event stream"), 20, "silence")
-    assert fired[0]["fired_at"] >= stopped_at + 2.5
-    assert fired[0]["summary"].startswith("no events for")
-    celery_worker(redis_broker, hostname="only@%h")
-    (_,), (resolved,) = episode(r, "event stream", timeout=20)
-    assert resolved["summary"] == "events are arriving"
-    assert settle_then_count(r, "event stream") == (1, 1)
-
-
-@pytest.fixture(autouse=True)
-def _quick(request: pytest.FixtureRequest) -> None:
-    request.node.add_marker(pytest.mark.timeout(90))

@@ -42,6 +42,14 @@ def test_example_file_parses() -> None:
     stuck = next(r for r in config.rules if r.kind is Kind.LONG_RUNNING_TASK)
     assert stuck.duration == 1800 and stuck.matches_task("proj.reports.daily")
     assert not stuck.matches_task("proj.billing.charge")
+    down = next(r for r in config.rules if r.kind is Kind.WORKER_OFFLINE)
+    assert down.matches_worker("anything@host")
+    assert parse_config({"webhook": [{"name": "a", "url": "http://h/"}], "rule": [
+        {"name": "b", "kind": "worker_offline", "worker": "billing@*"}]}, "x", {},
+    ).rules[0].matches_worker("billing@web1")
+    assert not parse_config({"webhook": [{"name": "a", "url": "http://h/"}], "rule": [
+        {"name": "b", "kind": "worker_offline", "worker": "billing@*"}]}, "x", {},
+    ).rules[0].matches_worker("reports@web1")
     silence = next(r for r in config.rules if r.kind is Kind.NO_EVENTS)
     assert [w.name for w in config.targets(silence)] == ["ops"]
     assert [w.name for w in config.targets(failing)] == ["ops", "slack"]
