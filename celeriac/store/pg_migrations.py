@@ -22,6 +22,7 @@ from typing import Any
 __all__ = [
     "COLUMN_TYPES",
     "MIGRATIONS",
+    "SEARCH_FIELDS",
     "SEARCH_TEXT",
     "Migration",
     "MigrationError",
@@ -43,15 +44,18 @@ COLUMN_TYPES: tuple[tuple[str, type], ...] = (
 )  # fmt: skip
 _SQL_TYPES = {str: 'text COLLATE "C"', float: "double precision", int: "bigint"}
 
+#: The fields a search looks in, in the order they are joined in :data:`SEARCH_TEXT`.
+SEARCH_FIELDS = ("name", "args", "kwargs", "result", "exception", "traceback", "worker")
+
 #: The text a search looks in, one expression with a trigram index on it: the fields a term
-#: without a qualifier searches, joined by a unit separator (which no term contains) so that
-#: no match spans two fields, and lower-cased in the database's own collation (the columns'
-#: "C" would fold ASCII only). Queries must spell it exactly so to use the index.
+#: without a qualifier searches, joined by a unit separator, chr(31), which no term contains,
+#: so that no match spans two fields and a field can be found by its position; lower-cased in
+#: the database's own collation (the columns' "C" would fold ASCII only). Queries must spell
+#: it exactly so to use the index. Never change it in place: a new index needs a migration.
 SEARCH_TEXT = (
-    "lower((coalesce(name, '') || chr(31) || coalesce(args, '') || chr(31)"
-    " || coalesce(kwargs, '') || chr(31) || coalesce(result, '') || chr(31)"
-    " || coalesce(exception, '') || chr(31) || coalesce(traceback, '') || chr(31)"
-    ' || coalesce(worker, \'\')) COLLATE "default")'
+    "lower(("
+    + " || chr(31) || ".join(f"coalesce({f}, '')" for f in SEARCH_FIELDS)
+    + ') COLLATE "default")'
 )
 
 

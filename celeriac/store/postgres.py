@@ -52,6 +52,10 @@ COLUMNS = tuple(name for name, _ in COLUMN_TYPES)
 _KINDS = tuple(kind for _, kind in COLUMN_TYPES)
 _COLS = ", ".join(COLUMNS)
 _SELECT = f"SELECT {_COLS}, extra FROM tasks"
+_GET = (
+    f"SELECT {_COLS}, extra, ARRAY(SELECT c.uuid FROM tasks AS c WHERE c.parent_id = t.uuid "
+    "AND c.uuid <> t.uuid ORDER BY c.id) FROM tasks AS t WHERE t.uuid = %s"
+)
 _FINAL = tuple(sorted(s.lower() for s in FINAL_STATES))
 _PLAIN = frozenset({type(None), str, int, float})
 _NAME_AT, _STATE_AT, _WORKER_AT = (COLUMNS.index(c) for c in ("name", "state", "worker"))
@@ -194,6 +198,7 @@ class PostgresStore:
             min_size=1,
             max_size=readers,
             kwargs={"autocommit": True},
+            configure=self._configure_reader,
             name="celeriac-readers",
             open=True,
             timeout=30,
@@ -214,6 +219,14 @@ class PostgresStore:
     @staticmethod
     def _prepare(conn: psycopg.Connection[Any]) -> None:
         conn.execute(_BATCH_TABLE)
+
+    @staticmethod
+    def _configure_reader(conn: psycopg.Connection[Any]) -> None:
+        # Rows are appended in time order, so each (column, timestamp) index reads the heap
+        # almost in order, and the hot part of the table is cached: the default cost of a
+        # random page (4) made the planner walk the timestamp index with a filter instead of
+        # the filter's own index (3x slower at 200k tasks, measured). This session only.
+        conn.execute("SET random_page_cost = 1.1")
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -468,13 +481,15 @@ class PostgresStore:
         live = self._pending.get(uuid) or self._inflight.get(uuid)
         if live is not None:
             record = {f: live.get(f) for f in TASK_FIELDS if f != "children"}
-        else:
-            with self._reader() as conn:
-                row = conn.execute(f"{_SELECT} WHERE uuid = %s", (uuid,)).fetchone()
-            if row is None:
-                return None
-            record = _record(row)
-        record["children"] = self.children(uuid)
+            record["children"] = self.children(uuid)
+            return record
+        # One round trip: the row and its children.
+        with self._reader() as conn:
+            row = conn.execute(_GET, (uuid,)).fetchone()
+        if row is None:
+            return None
+        record = _record(row[:-1])
+        record["children"] = self._with_pending_children(uuid, list(row[-1]))
         return record
 
     def children(self, uuid: str) -> list[str]:
@@ -482,6 +497,9 @@ class PostgresStore:
         sql = "SELECT uuid FROM tasks WHERE parent_id = %s AND uuid <> %s ORDER BY id"
         with self._reader() as conn:
             found = [r[0] for r in conn.execute(sql, (uuid, uuid))]
+        return self._with_pending_children(uuid, found)
+
+    def _with_pending_children(self, uuid: str, found: list[str]) -> list[str]:
         seen = set(found)
         for child, record in [*self._inflight.items(), *self._pending.items()]:
             if child not in seen and child != uuid and record.get("parent_id") == uuid:

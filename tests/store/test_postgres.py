@@ -146,6 +146,15 @@ def test_like_wildcards_are_literal(store):
     assert [r["uuid"] for r in store.query(TaskQuery(search="100%_"))] == ["task-00001"]
     assert [r["uuid"] for r in store.query(TaskQuery(search="a\\\\b"))] == ["task-00003"]
     assert store.query(TaskQuery(search="0%d")) == []
+    # A qualified term is a regular expression on its field: its metacharacters are literal.
+    store.put(make(4, args="('a.b[c]+(d)|e',)", kwargs="{}"))
+    store.put(make(5, args="('axb[c]+(d)|e',)", kwargs="{'a.b': 1}"))
+    assert store.flush()
+    assert [r["uuid"] for r in store.query(TaskQuery(search="args:a.b[c]+(d)|e"))] == [
+        "task-00004"
+    ]
+    assert [r["uuid"] for r in store.query(TaskQuery(search="kwargs:a.b=1"))] == ["task-00005"]
+    assert [r["uuid"] for r in store.query(TaskQuery(search="kwargs:a.b"))] == ["task-00005"]
 
 
 def test_malformed_search_raises(store):

@@ -1,0 +1,211 @@
+"""PostgresStore and SqliteStore side by side: the same N tasks (3 events each), the same queries.
+
+    python bench/pg_store_bench.py --tasks 1000000 --out bench/results/postgres.md
+
+The workload, the pacing and the probes are ``bench/store_bench.py``'s (imported from there), so
+the two stores' numbers compare directly. PostgreSQL is a private server started for the run
+(``tests/fixtures/postgres.py``) with its durable defaults (fsync and synchronous_commit on)
+and 128 MB of shared buffers, on the same machine, reached over TCP on 127.0.0.1. The stores
+are loaded one after the other, never at the same time, so they do not share the 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import psycopg  # noqa: E402
+import store_bench  # noqa: E402
+
+from celeriac.store.base import TaskQuery  # noqa: E402
+from celeriac.store.postgres import PostgresStore  # noqa: E402
+from celeriac.store.sqlite import SqliteStore  # noqa: E402
+from tests.fixtures.postgres import PostgresServer  # noqa: E402
+
+PROBES: list[tuple[str, Callable[[Any, list[str], random.Random], Any]]] = [
+    ("latest 100 (`/api/tasks?limit=100`)", lambda s, _, __: s.query(TaskQuery(limit=100))),
+    ("state=FAILURE, 100", lambda s, _, __: s.query(TaskQuery(state="FAILURE", limit=100))),
+    ("state=SUCCESS, 100", lambda s, _, __: s.query(TaskQuery(state="SUCCESS", limit=100))),
+    (
+        "taskname=tasks.echo, offset 5000, 100",
+        lambda s, _, __: s.query(TaskQuery(taskname="tasks.echo", offset=5000, limit=100)),
+    ),
+    (
+        "sort_by=-received, 100",
+        lambda s, _, __: s.query(TaskQuery(sort_by="received", descending=True, limit=100)),
+    ),
+    ("sort_by=name, 100", lambda s, _, __: s.query(TaskQuery(sort_by="name", limit=100))),
+    (
+        "search `boom 4259` (1 hit: args and exception)",
+        lambda s, _, __: s.query(TaskQuery(search="boom 4259", limit=100)),
+    ),
+    (
+        "search `args:payload` (15% of tasks)",
+        lambda s, _, __: s.query(TaskQuery(search="args:payload", limit=100)),
+    ),
+    (
+        "search `kwargs:user=123 OR result:12345`",
+        lambda s, _, __: s.query(TaskQuery(search="kwargs:user=123 OR result:12345", limit=100)),
+    ),
+    ("get(uuid)", lambda s, sample, rng: s.get(rng.choice(sample))),
+    ("count_by_state()", lambda s, _, __: s.count_by_state()),
+]
+
+
+def run(
+    store: Any, a: argparse.Namespace, settle: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Load the tasks into ``store``, ``settle``, and time the probes; the store is closed
+    after."""
+    random.seed(42)  # the same uuids and the same tasks for both stores
+    proc = psutil.Process()
+    store.start()
+    during: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.05):
+            t = time.perf_counter()
+            store.query(TaskQuery(limit=100))
+            during.append((time.perf_counter() - t) * 1000)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    seconds, sample = store_bench.ingest(store, a.tasks, a.lag, a.max_pending)
+    done.set()
+    poller.join()
+    during.sort()
+    stats = store.stats()
+    rss = proc.memory_info().rss
+    settled = time.perf_counter()
+    if settle is not None:
+        settle()
+    settled = time.perf_counter() - settled
+    rng = random.Random(7)
+    rows = [
+        (label, *store_bench.timed(lambda fn=fn: fn(store, sample, rng), a.runs))
+        for label, fn in PROBES
+    ]
+    store.close()
+    return {
+        "seconds": seconds, "written": stats["written"], "flushes": stats["flushes"],
+        "rss": rss, "rows": rows, "during": during, "settle": settled,
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", type=int, default=1_000_000)
+    ap.add_argument("--lag", type=int, default=2000, help="tasks between a task's events")
+    ap.add_argument("--max-pending", type=int, default=50_000)
+    ap.add_argument("--flush-interval", type=float, default=0.2)
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--sqlite-db", default="/tmp/celeriac-pg-bench/tasks.db")
+    ap.add_argument("--out", default=None, help="markdown results file")
+    a = ap.parse_args()
+
+    server = PostgresServer(durable=True).start()
+    try:
+        url = server.new_url("bench")
+
+        def vacuum() -> None:  # what autovacuum does after a load, at once
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("VACUUM ANALYZE tasks")
+
+        pg = run(PostgresStore(url, flush_interval=a.flush_interval), a, vacuum)
+        with psycopg.connect(url) as conn:
+            pg_size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+            version = conn.execute("SHOW server_version").fetchone()[0]
+        pg_server_rss = sum(
+            p.memory_info().rss
+            for p in psutil.process_iter()
+            if p.name() == "postgres" and str(server.port) in " ".join(_cmdline(p))
+        )
+    finally:
+        server.stop()
+
+    shutil.rmtree(os.path.dirname(a.sqlite_db), ignore_errors=True)
+    lite = run(SqliteStore(a.sqlite_db, flush_interval=a.flush_interval), a)
+    lite_size = sum(
+        os.path.getsize(a.sqlite_db + s) for s in ("", "-wal") if os.path.exists(a.sqlite_db + s)
+    )
+    shutil.rmtree(os.path.dirname(a.sqlite_db), ignore_errors=True)
+
+    events = 3 * a.tasks
+
+    def rate(r: dict[str, Any]) -> str:
+        return f"{r['seconds']:.1f} s, **{events / r['seconds']:,.0f} events/s**"
+
+    def during(r: dict[str, Any]) -> str:
+        d = r["during"]
+        return f"{statistics.median(d):.1f} / {d[int(len(d) * 0.95) - 1]:.1f}" if d else "-"
+
+    lines = [
+        "# PostgresStore vs SqliteStore",
+        "",
+        f"Command: `python bench/pg_store_bench.py --tasks {a.tasks} --lag {a.lag} "
+        f"--flush-interval {a.flush_interval} --runs {a.runs}`",
+        "",
+        f"Machine: {platform.machine()}, {psutil.cpu_count()} CPUs (shared with other work), "
+        f"Python {platform.python_version()}, PostgreSQL {version} (private server on "
+        f"127.0.0.1, fsync and synchronous_commit on, shared_buffers 128 MB), psycopg "
+        f"{psycopg.__version__}. Date: {time.strftime('%Y-%m-%d')}. Same tasks, same order, "
+        "one store after the other.",
+        "",
+        "| measure | PostgreSQL | SQLite |",
+        "|---|---|---|",
+        f"| tasks / events put | {a.tasks:,} / {events:,} | same |",
+        f"| ingest, until the last event is written | {rate(pg)} | {rate(lite)} |",
+        f"| rows written (after coalescing) / flushes | {pg['written']:,} / {pg['flushes']:,} "
+        f"| {lite['written']:,} / {lite['flushes']:,} |",
+        f"| database size | {pg_size / 1e6:,.0f} MB (after VACUUM ANALYZE, which took "
+        f"{pg['settle']:.1f} s) | {lite_size / 1e6:,.0f} MB |",
+        f"| RSS of the celeriac process after ingest | {pg['rss'] / 1e6:.0f} MB | "
+        f"{lite['rss'] / 1e6:.0f} MB |",
+        f"| RSS of the PostgreSQL server processes at the end | {pg_server_rss / 1e6:.0f} MB "
+        "(shared buffers counted once per process) | - |",
+        f"| `latest 100` while ingesting, p50 / p95 ms | {during(pg)} | {during(lite)} |",
+        "",
+        f"Query latencies over {a.runs} runs each, in-process (no HTTP), reader connection warm:",
+        "",
+        "| query | PostgreSQL p50 / p95 ms | SQLite p50 / p95 ms | ratio of p50s (PG/SQLite) |",
+        "|---|---|---|---|",
+    ]
+    for (label, p50, p95), (_, l50, l95) in zip(pg["rows"], lite["rows"], strict=True):
+        lines.append(
+            f"| {label} | {p50:.2f} / {p95:.2f} | {l50:.2f} / {l95:.2f} | "
+            f"{p50 / l50 if l50 else float('nan'):.1f}x |"
+        )
+    lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text)
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except (psutil.Error, OSError):
+        return []
+
+
+if __name__ == "__main__":
+    main()
