@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+
 from tests.alerts.receiver import Receiver, of
 from tests.fixtures import BrokerInfo, MonitorFactory, MonitorProcess
 
@@ -26,9 +28,14 @@ def start(
 
 
 def api(monitor: MonitorProcess) -> dict[str, Any]:
+    """The alerts endpoint's answer, checked against the schema its OpenAPI description gives."""
     response = monitor.client.get("/api/celeriac/alerts")
     assert response.status_code == 200
-    return response.json()
+    state = response.json()
+    described = monitor.client.get("/api/openapi.json").json()["paths"]["/api/celeriac/alerts"]
+    schema = described["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    jsonschema.Draft202012Validator(schema).validate(state)
+    return state
 
 
 def episode(receiver: Receiver, subject: str, timeout: float) -> tuple[dict, dict]:

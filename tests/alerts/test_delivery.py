@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.alerts.live import api
 from tests.alerts.receiver import Receiver, of
-from tests.alerts.test_conditions import api
 from tests.fixtures import BrokerInfo, MonitorFactory, free_port, wait_for
 from tests.fixtures.monitors import clean_environ
 
