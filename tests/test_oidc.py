@@ -8,6 +8,7 @@ client secret at its token endpoint and the callback URL against the one registe
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -23,6 +24,8 @@ import oidc_provider_mock
 import pytest
 
 from celeriac.oidc import SESSION_COOKIE
+from celeriac.oidc import routes as oidc_routes
+from celeriac.server import create_app, routes
 from celeriac.settings import Settings, SettingsError
 from tests.fixtures import BrokerInfo, MonitorFactory, MonitorProcess, free_port, wait_for
 
@@ -149,6 +152,67 @@ def forge(payload: dict[str, object], secret: str = COOKIE_SECRET,
     return At(secret).sign(data).decode()
 
 
+# In-process: the rules, without a broker (the lifespan does not run) -----------------------
+
+
+def in_process(base_url: str = "http://t", **settings: object) -> httpx.AsyncClient:
+    flags = {"broker": "redis://127.0.0.1:1/0", "oidc_issuer": "http://localhost:1",
+             "oidc_client_id": "c", "oidc_client_secret": "cl1ent-S3cret",
+             "auth": r".*@example\.com", "cookie_secret": COOKIE_SECRET, **settings}
+    app = create_app(Settings(**flags))  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
+
+
+def every_path() -> list[tuple[str, str]]:
+    """(method, path) of every route served, path parameters filled in."""
+    found = []
+    for route in [*routes(), *oidc_routes]:
+        path = getattr(route, "path", "")
+        path = path.replace("{name:path}", "w@h").replace("{task_id:path}", "x-1")
+        path = re.sub(r"\{[^}]*\}", "x", path) or "/static/app.js"
+        for method in sorted(getattr(route, "methods", None) or {"GET"}):
+            found.append((method, path))
+    return found
+
+
+def test_without_a_session_pages_redirect_and_everything_else_is_401() -> None:
+    async def go() -> None:
+        async with in_process() as c:
+            for method, path in every_path():
+                if path.lstrip("/") in ("healthcheck", "login", "logout", "oauth2/callback"):
+                    continue
+                for accept in (HTML["Accept"], "*/*", "application/json"):
+                    r = await c.request(method, path, headers={"Accept": accept})
+                    page = (method in ("GET", "HEAD") and "html" in accept
+                            and not path.startswith(("/api/", "/metrics")))
+                    assert r.status_code == (302 if page else 401), (method, path, accept)
+                    assert r.text in ("Sign-in required", "Authentication required", ""), path
+                    if page:
+                        assert r.headers["location"].startswith("/login?next=/")
+                    assert "set-cookie" not in r.headers
+            # A stray Authorization header is refused, not redirected.
+            r = await c.get("/", headers={**HTML, "Authorization": "Basic eDp5"})
+            assert r.status_code == 401
+
+    asyncio.run(go())
+
+
+def test_the_cookie_is_secure_on_https_and_only_there(provider: Provider) -> None:
+    async def go() -> None:
+        for scheme in ("https", "http"):
+            async with in_process(f"{scheme}://t", oidc_issuer=provider.url) as c:
+                r = await c.get("/login?next=/tasks")
+                assert r.status_code == 302, r.text
+                query = parse_qs(urlsplit(r.headers["location"]).query)
+                assert query["redirect_uri"] == [f"{scheme}://t/oauth2/callback"]
+                cookie = r.headers["set-cookie"].lower()
+                assert cookie.startswith(f"{SESSION_COOKIE}=")
+                assert "httponly" in cookie and "samesite=lax" in cookie
+                assert ("; secure" in cookie) is (scheme == "https")
+
+    asyncio.run(go())
+
+
 # The flow ----------------------------------------------------------------------------------
 
 
@@ -164,6 +228,7 @@ def test_sign_in_gets_the_ui_and_the_api_it_uses(
         r = sign_in(browser, celeriac, provider, "alice@example.com", "/tasks", seen)
         assert r.status_code == 200, r.text
         assert "<title>Tasks" in r.text
+        assert 'alice@example.com · <a href="/logout">Sign out</a>' in r.text
         flags = next(c for c in set_cookies(seen) if c.startswith(SESSION_COOKIE)).lower()
         assert "httponly" in flags and "samesite=lax" in flags and "path=/" in flags
         assert "secure" not in flags  # plain http on this machine: Secure would lose it
@@ -264,7 +329,8 @@ def test_tampered_expired_and_signed_out_sessions_are_refused(
         assert cookie is not None and not refused(cookie)
         # Any change to the signed value is refused.
         value, _, signature = cookie.rpartition(".")
-        flipped = signature[:-1] + ("A" if signature[-1] != "A" else "B")
+        flipped = ("A" if signature[0] != "A" else "B") + signature[1:]  # (not the last:
+        # its low bits are base64 padding)
         assert refused(f"{value}.{flipped}")
         payload = json.loads(base64.b64decode(cookie.split(".")[0]))
         payload["user"]["email"] = "dave@example.com "
@@ -291,6 +357,7 @@ def test_read_only_users_and_provider_refusals(
         assert sign_in(boss, celeriac, provider, "boss@example.net").status_code == 200
         assert sign_in(intern, celeriac, provider, "intern@example.net").status_code == 200
         assert intern.get(celeriac.url + "/api/tasks").status_code == 200
+        assert "intern@example.net (read-only)" in intern.get(celeriac.url + "/").text
         revoke = f"{celeriac.url}/api/task/revoke/nope-2"
         r = intern.post(revoke, headers=SAME_ORIGIN)
         assert r.status_code == 403 and "intern@example.net" in r.text
@@ -339,6 +406,12 @@ def test_under_a_url_prefix(
     with httpx.Client(timeout=10) as anonymous:
         r = anonymous.get(celeriac.url + "/tasks?state=FAILURE", headers=HTML)
         assert r.headers["location"] == "/flower/login?next=/tasks%3Fstate%3DFAILURE"
+        # Behind a TLS proxy on this machine: an https callback URL and a Secure cookie.
+        r = anonymous.get(celeriac.url + "/login", headers={"X-Forwarded-Proto": "https"})
+        query = parse_qs(urlsplit(r.headers["location"]).query)
+        assert query["redirect_uri"] == [
+            f"https://127.0.0.1:{celeriac.monitor.port}/flower/oauth2/callback"]
+        assert "; secure" in r.headers["set-cookie"].lower()
 
 
 def test_a_provider_that_is_down_gets_a_clear_page(

@@ -162,6 +162,7 @@ def page(
 <a class="brand" href="{esc(prefix)}/">celeriac</a>
 <nav>{links}</nav>
 <span id="live" class="live" title="not live">●</span>
+{signed_in(request)}
 </header>
 <main id="main">
 {body}
@@ -175,6 +176,16 @@ def page(
         status_code=status_code,
         headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"},
     )
+
+
+def signed_in(request: Request) -> str:
+    """Who is signed in with OpenID Connect, and the way out; nothing for other identities."""
+    identity = request.scope.get("celeriac.identity")
+    if identity is None or getattr(identity, "kind", None) != "oidc":
+        return ""
+    role = " (read-only)" if identity.read_only else ""
+    return (f'<span class="user">{esc(identity.name)}{role} · '
+            f'<a href="{esc(base(request))}/logout">Sign out</a></span>')
 
 
 def not_found(request: Request, what: str, nav: str) -> HTMLResponse:
