@@ -110,6 +110,7 @@ class Cluster:
         self.source = open_source(settings, self.app, self.state, self.control)
         # On a shared store only the elected instance ingests; None: this one always does.
         self.leadership: Leadership | None = leadership_for(self)
+        self.store_changes = 0  # a follower counts the leader's writes here (live pages)
         # Worker details from inspect replies, kept across refreshes: {hostname: info}.
         self.worker_info: dict[str, dict[str, Any]] = {}
         # Workers that did not answer an inspect, and when: a plain /api/workers does not

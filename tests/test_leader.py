@@ -8,6 +8,7 @@ every task sent after the hand-over arrives.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -129,6 +130,20 @@ def test_two_instances_on_one_database_both_show_every_task(shared, redis_broker
     # Nothing was written twice: one row per task.
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (20,)
+        assert conn.execute("SELECT sum(n) FROM task_counts").fetchone() == (20,)
+    # The follower's live stream shows what the leader writes.
+    with follower.client.stream("GET", "/ui/stream", timeout=30) as r:
+        assert r.status_code == 200
+        stream = (json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: "))
+        assert next(stream)["hello"] is True
+        task_id = redis_broker.tasks.add.delay(100, 1).id
+        seen: dict[str, str] = {}
+        deadline = time.monotonic() + 20
+        for message in stream:
+            seen.update((t["uuid"], t["state"]) for t in message["tasks"])
+            if seen.get(task_id) == "SUCCESS" or time.monotonic() > deadline:
+                break
+        assert seen.get(task_id) == "SUCCESS"
     password = postgres_url.split(":")[2].split("@")[0]
     for monitor in (leader, follower):
         assert password not in monitor.log_text()

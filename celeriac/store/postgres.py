@@ -159,7 +159,8 @@ class PostgresStore:
         migrations: Sequence[Migration] = MIGRATIONS,
     ) -> None:
         self._url = url
-        self.where = f"task database {redact_url(url)}"
+        self.path = redact_url(url)  # where the history lives, for logs: no password
+        self.where = f"task database {self.path}"
         self.max_tasks = max_tasks
         self.max_age = max_age
         self.flush_interval = flush_interval
@@ -539,6 +540,17 @@ class PostgresStore:
         for state, n in rows:
             out[state or "PENDING"] += n
         return dict(out)
+
+    def change_marker(self) -> int:
+        """A number that moves whenever any instance writes tasks: the identity sequence,
+        which ``INSERT ... ON CONFLICT`` advances for updated rows too. A follower polls it to
+        know when to refresh what it shows."""
+        with self._reader() as conn:
+            row = conn.execute(
+                "SELECT last_value FROM pg_sequences WHERE schemaname = current_schema() "
+                "AND sequencename = 'tasks_id_seq'"
+            ).fetchone()
+        return int(row[0] or 0) if row else 0
 
     def workers(self) -> dict[str, dict[str, Any]]:
         """Every worker's last known state as put with :meth:`put_worker`."""

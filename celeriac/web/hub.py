@@ -154,7 +154,8 @@ class Hub:
     async def tick(self) -> None:
         cluster = self.cluster
         state = cluster.state
-        applied = state.applied
+        # A follower on a shared store applies no events: the leader's writes count instead.
+        applied = state.applied + cluster.store_changes
         tasks: dict[str, dict[str, Any]] = {}
         more = False
         if applied != self._applied_at_scan:
