@@ -160,6 +160,12 @@ class AlertEngine:
         cluster = self.cluster
         names: set[str] = set()
         default = str(cluster.app.conf.task_default_queue)
+        if any(r.kind is Kind.QUEUE_LENGTH and not r.queues for r in self.config.rules):
+            try:  # which queues the workers consume: inspects only workers not asked yet
+                await asyncio.wait_for(asyncio.shield(cluster.fill_workers()),
+                                       max(self.config.interval, 1.0))
+            except Exception as exc:
+                log.debug("alerts: worker inspect failed: %r", exc)
         for rule in self.config.rules:
             if rule.kind is Kind.QUEUE_LENGTH:
                 names.update(rule.queues or consumed_queues(cluster.worker_info, default))
@@ -206,6 +212,7 @@ class AlertEngine:
             "fired": tracker.fired,
             "resolved": tracker.resolved,
             "queue_error": self.queue_error,
+            "queue_lengths": self.queue_lengths,
             "rules": rules,
             "firing": [a.as_dict() for a in tracker.firing()],
             "recent": [a.as_dict() for a in tracker.history],
@@ -216,5 +223,6 @@ class AlertEngine:
 def disabled_snapshot() -> dict[str, Any]:
     """What the API answers when no alerts file was given."""
     return {"enabled": False, "role": None, "file": None, "interval": None, "evaluated_at": None,
-            "evaluations": 0, "fired": 0, "resolved": 0, "queue_error": None, "rules": [],
+            "evaluations": 0, "fired": 0, "resolved": 0, "queue_error": None, "queue_lengths": None,
+            "rules": [],
             "firing": [], "recent": [], "webhooks": [], "failures": []}

@@ -87,6 +87,8 @@ _ALERTS = {
         "fired": {"type": "integer"},
         "resolved": {"type": "integer"},
         "queue_error": _STR_OR_NULL,
+        "queue_lengths": {"type": ["object", "null"],
+                          "additionalProperties": {"type": "integer"}},
         "rules": {"type": "array", "items": {
             "type": "object",
             "properties": {

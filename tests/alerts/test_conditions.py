@@ -69,13 +69,21 @@ kind = "queue_length"
 queue = "nobody-consumes"
 above = 2
 for = "1s"
+
+[[rule]]
+name = "any backlog"
+kind = "queue_length"
+above = 1000
 """)
     for i in range(3):
         redis_broker.tasks.add.apply_async((i, i), queue="nobody-consumes")
     fired = r.wait(lambda r: of(r.accepted("/json"), "firing", "queue nobody-consumes"), 15,
                    "the backlog to fire")
     assert fired[0]["value"] == 3 and fired[0]["fired_at"] - fired[0]["since"] >= 1.0
-    assert api(monitor)["firing"][0]["subject"] == "queue nobody-consumes"
+    state = api(monitor)
+    assert [a["subject"] for a in state["firing"]] == ["queue nobody-consumes"]
+    # the rule without queues watches those the workers consume (asked of them)
+    assert state["queue_lengths"] == {"celery": 0, "nobody-consumes": 3}
     # the worker starts consuming the queue (remote control) and drains it
     control = redis_broker.app.control
     replies = control.add_consumer("nobody-consumes", destination=[shared.hostname],
