@@ -36,10 +36,10 @@ def stacked_bars(
         ha = a / top * (height - 4)
         hb = b / top * (height - 4)
         if ha > 0:
-            parts.append(f'<rect class="bar {classes[0]}" x="{x:.2f}" y="{height - ha:.2f}" '
+            parts.append(f'<rect class="col {classes[0]}" x="{x:.2f}" y="{height - ha:.2f}" '
                          f'width="{step - gap:.2f}" height="{ha:.2f}"/>')
         if hb > 0:
-            parts.append(f'<rect class="bar {classes[1]}" x="{x:.2f}" '
+            parts.append(f'<rect class="col {classes[1]}" x="{x:.2f}" '
                          f'y="{height - ha - hb:.2f}" width="{step - gap:.2f}" '
                          f'height="{hb:.2f}"/>')
     return _svg("".join(parts), label, "bars", height), top

@@ -82,6 +82,13 @@ def test_screenshots(ui: UI, browser: Any, tmp_path: Path) -> None:
         shot(p, "/workers", "workers.png")
         shot(p, f"/worker/{ui.workers[0].hostname}", "worker.png")
         shot(p, "/broker", "broker.png")
+        shot(p, "/failures", "failures.png")
+        shot(p, "/types", "task-types.png")
+        p.goto(ui.url + "/tasks?state=FAILURE")  # a dry run of "re-run all matching"
+        p.click("#bulk-rerun")
+        p.wait_for_selector("#bulk-summary:has-text('Dry run')")
+        p.wait_for_timeout(500)
+        p.screenshot(path=str(out / "tasks-bulk-rerun.png"), full_page=True)
         phone = new_page(PHONE)
         shot(phone, "/tasks", "tasks-phone.png")
         shot(phone, "/", "dashboard-phone.png")
@@ -92,5 +99,5 @@ def test_screenshots(ui: UI, browser: Any, tmp_path: Path) -> None:
         for ctx in contexts:
             ctx.close()
     names = sorted(f.name for f in out.glob("*.png"))
-    assert len(names) >= 10, names
+    assert len(names) >= 13, names
     assert not errors, errors

@@ -140,3 +140,28 @@
 
   render();
 })();
+
+// The history charts are drawn on the server from the store: fetch this page again now and
+// then and swap in the fresh section (only while the tab is visible).
+(() => {
+  const EVERY = 15000;
+
+  async function refresh() {
+    const current = document.getElementById("history");
+    if (!current || document.hidden) return;
+    try {
+      const r = await fetch(location.href, { headers: { Accept: "text/html" } });
+      if (!r.ok) return;
+      const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+      const fresh = doc.getElementById("history");
+      if (fresh) {
+        current.replaceWith(document.importNode(fresh, true));
+        C.localizeTimes(document.getElementById("history"));
+      }
+    } catch (err) {
+      // the next round tries again
+    }
+  }
+
+  setInterval(refresh, EVERY);
+})();
