@@ -127,6 +127,17 @@ def test_two_instances_on_one_database_both_show_every_task(shared, redis_broker
     assert "tests.apps.proj.add" in types or any(t.endswith(".add") for t in types)
     workers = wait_for(lambda: follower.client.get("/api/workers?status=true").json(), 10)
     assert any(up for up in workers.values()), workers  # from the stored heartbeats
+    # Remote control from the follower: inspect and a pool change reach the worker.
+    (name,) = workers
+
+    def processes() -> int:
+        reply = follower.client.get("/api/workers", params={"refresh": "true"}).json()
+        return len(reply[name]["stats"]["pool"]["processes"])
+
+    assert processes() == 2
+    grown = follower.client.post(f"/api/worker/pool/grow/{name}", params={"n": 1})
+    assert grown.status_code == 200, grown.text
+    wait_for(lambda: processes() == 3, 30, 0.2, "the pool to grow")
     # Nothing was written twice: one row per task.
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (20,)
@@ -179,3 +190,14 @@ def test_sigkill_the_leader_mid_stream_and_the_follower_takes_over(shared, redis
     # What the old leader had written before it died is still there.
     states = task_states(follower)
     assert sum(1 for i in before if i in states) >= 30
+
+
+def test_a_database_that_cannot_be_used_is_one_line_without_the_password(
+    celeriac_server, redis_broker, postgres_server
+):
+    url = postgres_server.url().replace(postgres_server.password, "s3cret-wrong")
+    monitor = celeriac_server(redis_broker, env={"CELERIAC_DB": url}, wait=False)
+    assert monitor.process.proc.wait(timeout=30) == 1
+    text = monitor.log_text()
+    assert "s3cret-wrong" not in text and "password authentication failed" in text
+    assert "Traceback" not in text
