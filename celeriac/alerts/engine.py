@@ -122,7 +122,9 @@ class AlertEngine:
                 continue  # unknown this round (queue lengths unavailable): keep the state
             for t in self.tracker.update(rule, observed, now):
                 a = t.alert
-                log.warning("alerts: %s %s: %s", t.status.value.upper(), rule.name, a["summary"])
+                level = logging.WARNING if t.status is Phase.FIRING else logging.INFO
+                log.log(level, "alerts: %s %s: %s", t.status.value.upper(), rule.name,
+                        a["summary"])
                 self.notifier.send(t, self.config.targets(rule))
         self.evaluated_at = now
         self.evaluations += 1
