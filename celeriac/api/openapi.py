@@ -147,21 +147,6 @@ _BULK = {
 }
 
 
-_BULK = {
-    "type": "object",
-    "properties": {
-        "action": {"type": "string"}, "dry_run": {"type": "boolean"},
-        "cap": {"type": "integer"}, "matched": {"type": "integer"},
-        "more": {"type": "boolean", "description": "more tasks matched than the cap"},
-        "summary": {"type": "object"},
-        "tasks": {"type": "array", "items": {"type": "object", "properties": {
-            "uuid": {"type": "string"}, "name": {}, "state": {},
-            "outcome": {"type": "string", "enum": ["ok", "skipped", "error"]},
-            "reason": {"type": "string"}, "task-id": {"type": "string"}}}},
-    },
-}
-
-
 def _param(name: str, kind: str = "string", where: str = "query", **extra: Any) -> dict[str, Any]:
     required = where == "path"
     return {"name": name, "in": where, "required": required, "schema": {"type": kind, **extra}}
@@ -285,8 +270,6 @@ def spec(prefix: str = "") -> dict[str, Any]:
             "Set a task type's rate limit on a worker", _MESSAGE,
             [name, _param("workername"), _param("ratelimit")], (400, 403, 404, 504))},
         "/api/celeriac/status": {"get": _op("celeriac's ingest health", {"type": "object"})},
-        "/api/celeriac/alerts": {"get": _op(
-            "Alert rules, firing and resolved alerts, webhook deliveries", _ALERTS, errors=())},
         "/api/celeriac/tasks/rerun": {"post": _op(
             "Re-run every task matching the filters (send-task with the same arguments)",
             _BULK, [*_FILTERS, *_BULK_PARAMS])},
