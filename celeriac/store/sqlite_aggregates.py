@@ -43,34 +43,28 @@ def throughput(conn: sqlite3.Connection, since: float, bucket: float) -> list[Bu
 def task_type_stats(
     conn: sqlite3.Connection, since: float, bucket: float, name: str | None
 ) -> list[TypeBucket]:
-    by_name = "AND name = :name COLLATE NOCASE" if name else "AND name IS NOT NULL"
-    window = (
-        f"WITH f AS (SELECT name, {_BUCKET} AS b, state, runtime FROM tasks "
-        f"WHERE state IN (:ok, :bad) AND timestamp >= :since {by_name})"
-    )
-    counts = f"{window} SELECT name, b, sum(state = :ok), sum(state = :bad) FROM f GROUP BY name, b"
+    # One pass over the window's rows: counts, and the nearest-rank percentiles of the
+    # succeeded runtimes from their row numbers within (name, bucket), all in SQLite.
+    by_name = "AND name = :name COLLATE NOCASE" if name else "AND +name IS NOT NULL"
+    timed = "(state = :ok AND typeof(runtime) IN ('integer', 'real'))"
     ranks = ", ".join(
-        f"max(CASE WHEN rn = (n * {p} + 99) / 100 THEN runtime END)" for p in PERCENTILES
+        f"max(CASE WHEN timed AND rn = (n * {p} + 99) / 100 THEN runtime END)"
+        for p in PERCENTILES
     )
-    runtimes = (
-        f"{window}, r AS (SELECT name, b, runtime, "
-        "row_number() OVER (PARTITION BY name, b ORDER BY runtime) AS rn, "
-        "count(*) OVER (PARTITION BY name, b) AS n "
-        "FROM f WHERE state = :ok AND typeof(runtime) IN ('integer', 'real')) "
-        f"SELECT name, b, max(n), {ranks} FROM r GROUP BY name, b"
+    sql = (
+        f"WITH f AS (SELECT name, {_BUCKET} AS b, state, runtime, {timed} AS timed FROM tasks "
+        f"WHERE state IN (:ok, :bad) AND timestamp >= :since {by_name}), "
+        "r AS (SELECT *, row_number() OVER (PARTITION BY name, b, timed ORDER BY runtime) AS rn, "
+        "count(*) OVER (PARTITION BY name, b, timed) AS n FROM f) "
+        "SELECT name, b, sum(state = :ok), sum(state = :bad), "
+        f"coalesce(max(CASE WHEN timed THEN n END), 0), {ranks} "
+        "FROM r GROUP BY name, b ORDER BY name, b"
     )
     args = {"since": since, "bucket": bucket, "ok": SUCCESS, "bad": FAILURE, "name": name}
-    conn.execute("BEGIN")  # both statements see the same snapshot
-    try:
-        found = {(n, int(b)): (int(ok), int(bad)) for n, b, ok, bad in conn.execute(counts, args)}
-        stats = {(n, int(b)): rest for n, b, *rest in conn.execute(runtimes, args)}
-    finally:
-        conn.execute("COMMIT")
-    out = []
-    for (task, b), (ok, bad) in sorted(found.items()):
-        n, *pct = stats.get((task, b), (0, *(None,) * len(PERCENTILES)))
-        out.append(TypeBucket(str(task), b, ok, bad, int(n), *pct))
-    return out
+    return [
+        TypeBucket(str(task), int(b), int(ok), int(bad), int(n), *pct)
+        for task, b, ok, bad, n, *pct in conn.execute(sql, args)
+    ]
 
 
 def failure_groups(conn: sqlite3.Connection, since: float, bucket: float) -> list[FailureGroup]:

@@ -75,11 +75,15 @@ def row(record: TaskRecord) -> dict[str, Any]:
     return out
 
 
-def count_tasks(store: TaskStore) -> tuple[dict[str, int], dict[str, dict[str, int]]] | None:
-    """Tasks by state and by (worker, state); None when the store is too big to walk."""
+def count_tasks(
+    store: TaskStore,
+) -> tuple[dict[str, int], dict[str, dict[str, int]] | None] | None:
+    """Tasks by state and by (worker, state); None when the store is too big to walk. A store
+    that counts by state without a walk gives no per-worker split (None: shown as unknown,
+    not as zeros)."""
     counter = getattr(store, "count_by_state", None)
     if callable(counter):  # a store that counts with an index: no walk, no per-worker split
-        return dict(counter()), {}
+        return dict(counter()), None
     if store.count() > COUNT_SCAN_LIMIT:
         return None
     by_state: Counter[str] = Counter()
