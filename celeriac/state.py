@@ -104,14 +104,17 @@ class State:
         self.applied = 0
         self.ignored = 0
         self.last_event_at: float | None = None
+        self._fetched: dict[str, TaskRecord | None] = {}  # this batch's store lookups
         self.observer: EventObserver | None = None
 
     # -- ingest -----------------------------------------------------------------------------
     def apply(self, events: Iterable[Event]) -> None:
         """The event sink: merge a batch of decoded events."""
         now = time.time()
+        batch = events if isinstance(events, list) else list(events)
         with self._lock:
-            for ev in events:
+            self._prefetch(batch)
+            for ev in batch:
                 try:
                     kind = ev.get("type")
                     if not isinstance(kind, str):
@@ -129,7 +132,34 @@ class State:
                         self.ignored += 1
                 except (TypeError, ValueError, AttributeError):
                     self.ignored += 1
+            self._fetched.clear()
             self.last_event_at = now
+
+    def _prefetch(self, batch: list[Event]) -> None:
+        """Look up the batch's tasks that are not in the cache in one store call.
+
+        A task not in the cache may still be stored (evicted, or from before a restart), and
+        its stored record must be merged into, never replaced: a late event must not undo a
+        final state. Asking per task costs a query for almost every event (most tasks are
+        new); a store with ``get_many`` answers the whole batch at once.
+        """
+        self._fetched.clear()  # a batch cut short by an exception left its lookups behind
+        tasks = self._tasks
+        wanted = {
+            u
+            for ev in batch
+            if type(ev) is dict and type(u := ev.get("uuid")) is str and u and u not in tasks
+        }
+        if not wanted:
+            return
+        get_many = getattr(self._store, "get_many", None)
+        if get_many is not None:
+            found: dict[str, TaskRecord] = get_many(list(wanted))
+        else:
+            found = {u: r for u in wanted if (r := self._store.get(u)) is not None}
+        fetched = self._fetched
+        for uuid in wanted:
+            fetched[uuid] = found.get(uuid)
 
     def _apply_task(self, kind: str, ev: Event) -> bool:
         uuid = ev.get("uuid")
@@ -137,7 +167,8 @@ class State:
             return False
         rec = self._tasks.get(uuid)
         if rec is None:
-            stored = self._store.get(uuid)
+            fetched = self._fetched
+            stored = fetched.pop(uuid) if uuid in fetched else self._store.get(uuid)
             rec = stored if stored is not None else new_record(uuid)
             self._tasks[uuid] = rec
             self._evict()

@@ -395,6 +395,35 @@ def test_evicted_from_cache_is_merged_from_the_store(store: MemoryStore) -> None
     assert store.count() == 4
 
 
+@pytest.mark.parametrize("written", [False, True], ids=["pending", "written"])
+def test_evicted_final_task_in_sqlite_is_never_undone(tmp_path: Any, written: bool) -> None:
+    """The batched lookup (``SqliteStore.get_many``) finds evicted tasks whether or not the
+    writer has written them yet; a late batch mixing them with new tasks undoes nothing."""
+    from celeriac.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "t.sqlite3"))
+    try:
+        state = State(store, cache_size=2)
+        done = [new_id() for _ in range(5)]
+        for u in done:
+            state.apply(lifecycle(u))
+        if written:
+            store.start()
+            assert store.flush(10)
+        late = [ev("task-received", u, 1, name="tests.late") for u in done]
+        late += [ev("task-started", u, 2) for u in done]
+        fresh = new_id()
+        state.apply([*late, *lifecycle(fresh)])
+        for u in done:
+            rec = state.task(u)
+            assert rec is not None and rec["state"] == "SUCCESS", rec
+            assert rec["result"] == "3" and rec["runtime"] == 0.01  # the stored record, merged
+        assert state.task(fresh)["state"] == "SUCCESS"  # type: ignore[index]
+        assert state.applied == 3 * 5 + 10 + 3
+    finally:
+        store.close()
+
+
 def test_store_evicts_the_oldest_beyond_max_tasks() -> None:
     store = MemoryStore(max_tasks=3)
     state = State(store)
