@@ -79,6 +79,9 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      "[a file per broker in the user data directory]."),
         click.option("--max-age", "--max_age", "max_age",
                      help="Prune finished tasks older than this (90s, 15m, 12h, 7d)."),
+        click.option("--max-wait", "--max_wait", "max_wait",
+                     help="The longest apply and result?timeout wait for a result (30s, 5m) "
+                          "[5m]; longer timeouts are cut to it."),
         click.option("--event-queue", "--event_queue", "event_queue",
                      help="RabbitMQ: a stable event queue name, kept across restarts."),
         click.option("--alerts", metavar="FILE",

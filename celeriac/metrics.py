@@ -261,11 +261,11 @@ class ClusterCollector:
             buckets, total = _histogram(list(counts), WAIT_BUCKETS)
             wait.add_metric([name], buckets, total)
         yield wait
-        counts = _count_by_state(self.cluster.store)
-        if counts is not None:
+        by_state = _count_by_state(self.cluster.store)
+        if by_state is not None:
             tasks = GaugeMetricFamily("celeriac_tasks", "Tasks in the store, by state",
                                       labels=["state"])
-            for state, n in sorted(counts.items()):
+            for state, n in sorted(by_state.items()):
                 tasks.add_metric([state], n)
             yield tasks
 

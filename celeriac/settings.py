@@ -201,6 +201,7 @@ class Settings:
     event_queue: str | None = None  # RabbitMQ: a stable queue name survives restarts
     db: str | None = None  # SQLite path, ":memory:" for no persistence; None = the default file
     max_age: float | None = None  # seconds; finished tasks older than this are pruned
+    max_wait: float = 300.0  # seconds: the longest a request waits for a task's result
     log_level: str = "info"
     alerts: str | None = None  # the alert rules file (TOML, celeriac/alerts/rules.py)
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -244,6 +245,8 @@ class Settings:
             raise SettingsError("inspect_timeout: must be positive (milliseconds)")
         if self.purge_offline_workers is not None and self.purge_offline_workers < 0:
             raise SettingsError("purge_offline_workers: must be zero or more seconds")
+        if not 0 < self.max_wait < float("inf"):
+            raise SettingsError("max_wait: must be a positive duration")
         self._validate_credentials()
         self._validate_oidc()
         if self.keyfile and not self.certfile:
@@ -350,6 +353,7 @@ def _convert(name: str, raw: str) -> Any:
         "inspect_timeout": float,
         "purge_offline_workers": float,
         "max_age": parse_duration,
+        "max_wait": parse_duration,
         "unauthenticated_api": lambda v: parse_bool(v, name),
         "metrics_public": lambda v: parse_bool(v, name),
         "basic_auth": parse_basic_auth,

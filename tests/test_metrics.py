@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ from tests.fixtures import BrokerInfo, MonitorFactory, WorkerFactory, wait_for
 
 BROKER = "redis://127.0.0.1:1/0"  # never connected to in-process
 TOKEN = "metr1cs-T0ken-5b2d"
+PASSWORD = "Adm1n-pa55-e4f0"
 FLOWER_METRICS = {
     "flower_events_total": ("counter", {"worker", "type", "task"}),
     "flower_task_runtime_seconds": ("histogram", {"worker", "task"}),
@@ -53,7 +55,7 @@ def series(samples: Samples, name: str, **labels: str) -> list[dict[str, str]]:
 
 
 def in_process() -> tuple[Metrics, State]:
-    app = create_app(Settings(broker=BROKER, unauthenticated_api=True))
+    app = create_app(Settings(broker=BROKER, unauthenticated_api=True, db="memory"))
     return app.state.metrics, app.state.cluster.state
 
 
@@ -192,6 +194,29 @@ def test_a_bad_event_does_not_break_the_tally() -> None:
     assert not series(samples, "flower_worker_number_of_currently_executing_tasks")
 
 
+def test_store_health_of_a_sqlite_store(tmp_path: Path) -> None:
+    app = create_app(Settings(broker=BROKER, unauthenticated_api=True,
+                              db=str(tmp_path / "tasks.sqlite3")))
+    cluster = app.state.cluster
+    cluster.store.start()
+    try:
+        cluster.state.apply(task_events("u1", "tests.add", "w1@h", time.time()))
+        cluster.state.apply(task_events("u2", "tests.add", "w1@h", time.time())[:3])
+        assert cluster.store.flush(10)
+        samples = render(app.state.metrics)
+    finally:
+        cluster.store.close()
+    assert value(samples, "celeriac_store_tasks") == 2
+    assert value(samples, "celeriac_tasks", state="SUCCESS") == 1
+    assert value(samples, "celeriac_tasks", state="STARTED") == 1
+    assert (value(samples, "celeriac_store_written_total") or 0) >= 2
+    assert (value(samples, "celeriac_store_flushes_total") or 0) >= 1
+    assert value(samples, "celeriac_store_pending_writes") == 0
+    assert value(samples, "celeriac_store_failing") == 0
+    flush_seconds = value(samples, "celeriac_store_last_flush_seconds")
+    assert flush_seconds is not None and flush_seconds >= 0
+
+
 # Real worker ----------------------------------------------------------------------------------
 
 
@@ -199,14 +224,15 @@ def test_metrics_move_with_real_tasks(
     redis_broker: BrokerInfo, celery_worker: WorkerFactory, celeriac_server: MonitorFactory
 ) -> None:
     worker = celery_worker(redis_broker, hostname="metrics@%h")
-    monitor = celeriac_server(redis_broker, "--api-token", f"prom:{TOKEN}:read-only")
+    monitor = celeriac_server(redis_broker, "--api-token", f"prom:{TOKEN}:read-only",
+                              "--basic-auth", f"admin:{PASSWORD}")
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert monitor.client.get("/metrics").status_code == 401
 
     def scrape() -> Samples:
         r = monitor.client.get("/metrics", headers=auth)
         assert r.status_code == 200, r.text
-        assert TOKEN not in r.text
+        assert TOKEN not in r.text and PASSWORD not in r.text
         return parse(r.text)[0]
 
     w = worker.hostname
@@ -258,7 +284,8 @@ def test_metrics_move_with_real_tasks(
 
 
 def test_scrape_is_bounded_when_the_broker_is_gone() -> None:
-    app = create_app(Settings(broker=BROKER, unauthenticated_api=True, metrics_public=True))
+    app = create_app(Settings(broker=BROKER, unauthenticated_api=True, metrics_public=True,
+                              db="memory"))
 
     async def go() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
@@ -271,3 +298,17 @@ def test_scrape_is_bounded_when_the_broker_is_gone() -> None:
     assert time.monotonic() - started < 10
     samples = parse(r.text)[0]
     assert value(samples, "celeriac_queue_length_ok") == 0
+
+
+def test_metrics_public_by_flag_or_variable(
+    redis_broker: BrokerInfo, celeriac_server: MonitorFactory
+) -> None:
+    """Only /metrics opens up: the API still needs its credentials."""
+    for extra, env in ((("--metrics-public",), None), ((), {"CELERIAC_METRICS_PUBLIC": "true"})):
+        monitor = celeriac_server(redis_broker, "--api-token", f"prom:{TOKEN}", *extra, env=env)
+        r = monitor.client.get("/metrics")
+        assert r.status_code == 200 and "flower_worker_online" in r.text, r.text
+        assert TOKEN not in r.text
+        assert monitor.client.get("/api/workers").status_code == 401
+        assert monitor.client.get("/api/openapi.json").status_code == 401
+        monitor.stop()

@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from celeriac import __version__
 from celeriac.api.responses import json_response
+from celeriac.settings import Settings
 
 _TEXT_ERROR = {"description": "Error", "content": {"text/plain": {"schema": {"type": "string"}}}}
 _MESSAGE = {
@@ -198,6 +199,14 @@ _TIMEOUT = {
 }
 
 
+#: Operations with a ``search`` answer a malformed one with JSON (the rest of their 400s are
+#: plain text, as every API error).
+_SEARCH_ERROR = {"description": "Bad argument, or a malformed search", "content": {
+    "text/plain": {"schema": {"type": "string"}},
+    "application/json": {"schema": {"type": "object", "properties": {
+        "error": {"type": "string"}}, "required": ["error"]}}}}
+
+
 def _common_responses(paths: dict[str, Any]) -> None:
     """What the middleware and the router may answer on any operation: 401 without
     credentials, 403 for a change by a read-only identity or from another site, 404 for a path
@@ -211,10 +220,14 @@ def _common_responses(paths: dict[str, Any]) -> None:
                 responses.setdefault("403", _TEXT_ERROR)
             if "{" in path:  # a parameter no route matches (one with a line break, say)
                 responses.setdefault("404", _TEXT_ERROR)
+            if any(p.get("name") == "search" for p in op.get("parameters", ())):
+                responses["400"] = _SEARCH_ERROR
             responses.setdefault("413", _TEXT_ERROR)
 
 
-def spec(prefix: str = "") -> dict[str, Any]:
+def spec(prefix: str = "", *, open_api: bool = False, metrics_public: bool = False
+         ) -> dict[str, Any]:
+    """``open_api``: no credentials needed (``--unauthenticated-api`` and none configured)."""
     boolean = {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]}
     task_id = _param("task_id", where="path")
     name = _param("name", where="path")
@@ -228,9 +241,9 @@ def spec(prefix: str = "") -> dict[str, Any]:
         "/api/worker/shutdown/{name}": _worker_op("Shut down a worker"),
         "/api/worker/pool/restart/{name}": _worker_op("Restart a worker's pool"),
         "/api/worker/pool/grow/{name}": _worker_op(
-            "Grow a worker's pool", _param("n", "integer", minimum=1)),
+            "Grow a worker's pool", _param("n", "integer", minimum=1, maximum=1000)),
         "/api/worker/pool/shrink/{name}": _worker_op(
-            "Shrink a worker's pool", _param("n", "integer", minimum=1)),
+            "Shrink a worker's pool", _param("n", "integer", minimum=1, maximum=1000)),
         "/api/worker/pool/autoscale/{name}": _worker_op(
             "Autoscale a worker's pool", _param("min", "integer", minimum=0),
             _param("max", "integer", minimum=1)),
@@ -250,13 +263,14 @@ def spec(prefix: str = "") -> dict[str, Any]:
         "/api/task/types": {"get": _op("Task names seen", {"type": "object"})},
         "/api/task/info/{task_id}": {"get": _op("A task's details", _TASK, [task_id], (404,))},
         "/api/task/result/{task_id}": {"get": _op(
-            "A task's result", _TASK_RESULT, [task_id, _param("timeout", "number", minimum=0)])},
+            "A task's result", _TASK_RESULT, [task_id, _TIMEOUT])},
         "/api/task/apply/{name}": {"post": _op(
-            "Run a task and wait for its result", _TASK_RESULT, [name], (400, 404), _TASK_BODY)},
+            "Run a task and wait for its result", _TASK_RESULT, [name], (400, 404, 503),
+            _TASK_BODY)},
         "/api/task/async-apply/{name}": {"post": _op(
-            "Send a task", _TASK_RESULT, [name], (400, 404), _TASK_BODY)},
+            "Send a task", _TASK_RESULT, [name], (400, 404, 503), _TASK_BODY)},
         "/api/task/send-task/{name}": {"post": _op(
-            "Send a task by name", _TASK_RESULT, [name], (400,), _TASK_BODY)},
+            "Send a task by name", _TASK_RESULT, [name], (400, 503), _TASK_BODY)},
         "/api/task/abort/{task_id}": {"post": _op("Abort a task", _MESSAGE, [task_id], (503,))},
         "/api/task/revoke/{task_id}": {"post": _op(
             "Revoke a task", _MESSAGE,
@@ -303,19 +317,32 @@ def spec(prefix: str = "") -> dict[str, Any]:
         "/api/celeriac/alerts": {"get": _op(
             "Alert rules, firing and resolved alerts, webhook deliveries", _ALERTS, errors=())},
         "/api/openapi.json": {"get": _op("This description", {"type": "object"})},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics (OpenMetrics when the Accept header asks for it)",
+            "responses": {"200": {"description": "OK", "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/openmetrics-text": {"schema": {"type": "string"}}}}}}},
     }
+    _common_responses(paths)
+    paths["/healthcheck"]["get"]["security"] = []
+    if metrics_public:
+        paths["/metrics"]["get"]["security"] = []
     return {
         "openapi": "3.1.0",
         "info": {"title": "celeriac (Flower-compatible API)", "version": __version__},
         "servers": [{"url": prefix or "/"}],
-        "components": {"securitySchemes": {"basic": {"type": "http", "scheme": "basic"}}},
-        "security": [{"basic": []}, {}],
+        "components": {"securitySchemes": {"basic": {"type": "http", "scheme": "basic"},
+                                           "bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [] if open_api else [{"basic": []}, {"bearer": []}],
         "paths": paths,
     }
 
 
 async def openapi(request: Request) -> Response:
-    return json_response(spec(request.app.state.settings.prefix))
+    settings: Settings = request.app.state.settings
+    return json_response(spec(settings.prefix, open_api=not settings.has_credentials
+                              and settings.unauthenticated_api,
+                              metrics_public=settings.metrics_public))
 
 
 routes = [Route("/api/openapi.json", openapi, methods=["GET"])]

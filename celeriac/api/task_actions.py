@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import signal as signals
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from celery.contrib.abortable import AbortableAsyncResult
 from celery.result import AsyncResult
+from kombu.compression import get_encoder
+from kombu.exceptions import OperationalError
+from kombu.serialization import registry
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -23,8 +28,7 @@ from celeriac.api.responses import (
 from celeriac.api.tasks import cluster_of
 from celeriac.cluster import Cluster
 
-#: The longest ``apply`` waits for a result when no timeout is given.
-MAX_APPLY_WAIT = 24 * 3600.0
+log = logging.getLogger("celeriac.api")
 
 
 async def task_arguments(request: Request) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
@@ -64,6 +68,15 @@ def _normalise_options(options: dict[str, Any]) -> dict[str, Any]:
     for key in ("queue", "routing_key", "exchange"):
         if key in options and not isinstance(options[key], str):
             raise APIError(400, "Invalid option")
+    serializer = options.get("serializer")
+    if serializer is not None and (not isinstance(serializer, str)
+                                   or serializer not in registry.name_to_type):
+        raise APIError(400, "Invalid option")
+    if options.get("compression") is not None:
+        try:
+            get_encoder(options["compression"])
+        except (KeyError, TypeError):
+            raise APIError(400, "Invalid option") from None
     return options
 
 
@@ -90,6 +103,21 @@ def _datetime(value: Any) -> datetime:
     return datetime.fromisoformat(value)
 
 
+async def _publish(cluster: Cluster, send: Callable[..., AsyncResult], *args: Any,
+                   **options: Any) -> AsyncResult:
+    """Publish a task. apply_async takes any option a client sends; the ones Celery or kombu
+    cannot use (an unknown serializer, a countdown past the year 9999, a header that is not a
+    mapping...) are the client's mistake, a 400. A broker that cannot be reached is a 503."""
+    try:
+        return await cluster.control.run(send, *args, **options)
+    except (OperationalError, OSError) as exc:
+        log.warning("publishing failed: %s: %s", type(exc).__name__, exc)
+        raise APIError(503, "The broker is unavailable") from None
+    except Exception as exc:
+        log.debug("refused options: %r", exc)
+        raise APIError(400, "Invalid option") from None
+
+
 def _registered(cluster: Cluster, name: str) -> Any:
     task = cluster.app.tasks.get(name)
     if task is None:
@@ -110,13 +138,16 @@ async def apply(request: Request) -> Response:
     args, kwargs, options = await task_arguments(request)
     task = _registered(cluster, name)
     timeout = options.pop("timeout", None)
+    # Flower waits for ever without a timeout; celeriac at most --max-wait, then answers with
+    # the state so far (no request holds a thread for ever).
+    longest = cluster.settings.max_wait
     if timeout is not None:
         try:
-            timeout = min(max(_number(timeout), 0.0), MAX_APPLY_WAIT)
+            timeout = min(max(_number(timeout), 0.0), longest)
         except (TypeError, ValueError):
             raise APIError(400, "Invalid timeout") from None
     options = _normalise_options(options)
-    result = await cluster.control.run(task.apply_async, args=args, kwargs=kwargs, **options)
+    result = await _publish(cluster, task.apply_async, args=args, kwargs=kwargs, **options)
 
     task_id = result.id
 
@@ -124,7 +155,7 @@ async def apply(request: Request) -> Response:
         # A result of this thread's own (Celery's backends are per thread).
         mine = AsyncResult(task_id, app=cluster.app)
         try:
-            done = wait_for_result(mine, timeout or MAX_APPLY_WAIT)
+            done = wait_for_result(mine, timeout or longest)
         except Exception:  # the backend failed: answer with what can be read
             done = False
         if not done:  # timed out: the state so far, without a result
@@ -140,7 +171,7 @@ async def async_apply(request: Request) -> Response:
     args, kwargs, options = await task_arguments(request)
     task = _registered(cluster, name)
     options = _normalise_options(options)
-    result = await cluster.control.run(task.apply_async, args=args, kwargs=kwargs, **options)
+    result = await _publish(cluster, task.apply_async, args=args, kwargs=kwargs, **options)
     state = await cluster.control.run(_state, result)
     return json_response({"task-id": result.id, "state": state})
 
@@ -150,9 +181,8 @@ async def send_task(request: Request) -> Response:
     name = request.path_params["name"]
     args, kwargs, options = await task_arguments(request)
     options = _normalise_options(options)
-    result = await cluster.control.run(
-        cluster.app.send_task, name, args=args, kwargs=kwargs, **options
-    )
+    result = await _publish(cluster, cluster.app.send_task, name, args=args, kwargs=kwargs,
+                            **options)
     state = await cluster.control.run(_state, result)
     return json_response({"task-id": result.id, "state": state})
 

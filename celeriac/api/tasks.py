@@ -31,6 +31,9 @@ LIST_KEYS = (
     "parent_id", "root_id",
 )
 RECEIVED_FORMAT = "%Y-%m-%d %H:%M"
+#: ``limit`` and ``offset`` beyond this are cut to it: no store holds that many tasks, and a
+#: database cannot take a larger integer (SQLite's are 64-bit).
+MAX_PAGE = 2**62
 #: Flower's UI sends "All" for "no filter"; its API accepts it too.
 ALL = "All"
 
@@ -43,9 +46,9 @@ def cluster_of(request: Request) -> Cluster:
 def parse_task_query(args: dict[str, str]) -> TaskQuery:
     limit = get_int(args, "limit")
     # As Flower: a negative offset counts as 0, a negative limit gives an empty page.
-    offset = max(get_int(args, "offset", 0) or 0, 0)
+    offset = min(max(get_int(args, "offset", 0) or 0, 0), MAX_PAGE)
     if limit is not None:
-        limit = max(limit, 0)
+        limit = min(max(limit, 0), MAX_PAGE)
     sort_by = get_str(args, "sort_by")
     descending = False
     if sort_by:
@@ -117,6 +120,8 @@ async def task_result(request: Request) -> Response:
     task_id = request.path_params["task_id"]
     timeout = get_float(await arguments(request), "timeout")
     cluster = cluster_of(request)
+    # No request holds a thread for ever: a longer timeout is cut to --max-wait.
+    longest = cluster.settings.max_wait
 
     def read() -> dict[str, Any]:
         # A result of this thread's own (Celery's backends are per thread).
@@ -124,7 +129,7 @@ async def task_result(request: Request) -> Response:
         if timeout:  # as Flower: 0 means do not wait
             # A timeout (or a backend error) leaves the state as it is.
             with contextlib.suppress(Exception):
-                wait_for_result(result, min(max(timeout, 0.0), 3600.0))
+                wait_for_result(result, min(max(timeout, 0.0), longest))
         # Read the state after the wait: a task that finished meanwhile reports its final
         # state (Flower reports the one read before the wait).
         return task_result_fields(task_id, result)

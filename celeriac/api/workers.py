@@ -16,6 +16,10 @@ from celeriac.api.tasks import cluster_of
 from celeriac.cluster import Cluster
 from celeriac.queues import queue_lengths
 
+#: The most processes one grow or shrink may add or remove: a typo of n=10000000 must not make
+#: a worker fork until the machine gives out (call again to go further).
+MAX_POOL_STEP = 1000
+
 
 async def list_workers(request: Request) -> Response:
     args = await arguments(request)
@@ -81,6 +85,8 @@ def _pool_resize(command: str, verb: str, failure: str) -> Callable[[Request], A
         assert n is not None
         if n < 1:
             raise APIError(400, f"Invalid argument '{n}': n must be at least 1")
+        if n > MAX_POOL_STEP:
+            raise APIError(400, f"Invalid argument '{n}': n must be at most {MAX_POOL_STEP}")
         reply = await cluster.control.command(name, command, {"n": n})
         _reply_or_fail(reply, failure.format(name=name))
         return json_response({"message": f"{verb} '{name}' worker's pool by {n}"})
