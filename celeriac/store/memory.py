@@ -63,8 +63,9 @@ class MemoryStore:
                 self._parent[uuid] = parent
                 self._children[parent].append(uuid)
             self._tasks[uuid] = snapshot
-            if record.get("name"):
-                self._types.add(record["name"])
+            name = record.get("name")
+            if name and type(name) is str:  # an event may carry anything there
+                self._types.add(name)
             if self._max_age is not None:
                 self._expire()
 

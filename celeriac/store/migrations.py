@@ -67,8 +67,25 @@ def _v1(conn: sqlite3.Connection) -> None:
         conn.execute(sql)
 
 
+def _v2(conn: sqlite3.Connection) -> None:
+    """Sorts break ties by task id, as Flower does (``/api/tasks?sort_by=name`` lists the
+    tasks of one name in uuid order), each sort read straight off an index ending in uuid.
+
+    v1's name and state indexes stay: they serve the filters newest first. Its received and
+    started indexes only served sorts, so they are replaced."""
+    for sql in (
+        "CREATE INDEX tasks_name_sorted ON tasks (name COLLATE NOCASE, uuid)",
+        "CREATE INDEX tasks_state_sorted ON tasks (state, uuid)",
+        "DROP INDEX tasks_received",
+        "CREATE INDEX tasks_received ON tasks (received, uuid)",
+        "DROP INDEX tasks_started",
+        "CREATE INDEX tasks_started ON tasks (started, uuid)",
+    ):
+        conn.execute(sql)
+
+
 #: Every migration, oldest first; the schema version is the length of this tuple.
-MIGRATIONS: tuple[Migration, ...] = (_v1,)
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
 
 
 class MigrationError(Exception):

@@ -26,7 +26,8 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from celeriac.constants import FINAL_STATES, TASK_FIELDS
@@ -39,6 +40,7 @@ from celeriac.store.migrations import (
     MigrationError,
     migrate,
 )
+from celeriac.store.query import matcher
 from celeriac.store.search import (
     Node,
     SearchSql,
@@ -86,6 +88,9 @@ _HITS_CAP = 2_000  # text matches counted exactly (~2.5 ms at most), extrapolate
 #: Microseconds per row, about, at 1M tasks: walking an index and checking the row; reading a
 #: filter's rows and sorting them; checking a search in Python; reading a text match.
 _COST = {"walk": 1.0, "sort": 2.0, "text": 5.0, "text hit": 3.0}
+#: Most tasks put but not written yet that a query or count merges in; beyond that the writer
+#: is far behind (a burst), and answers show what is written until it catches up.
+OVERLAY_MAX = 2000
 
 Row = tuple[Any, ...]
 Cond = tuple[str, tuple[Any, ...]]  # a WHERE term and its parameters
@@ -103,10 +108,48 @@ def _snapshot(record: TaskRecord) -> Row:
     return row if _PLAIN.issuperset(map(type, row)) else tuple(map(_plain, row))
 
 
+def _texts(rows: list[Row], at: int) -> Iterator[str]:
+    """The non-empty text values of one column (a name or hostname sent as a number is not)."""
+    return (r[at] for r in rows if r[at] and type(r[at]) is str)
+
+
 def _indexed(row: Row) -> Row | None:
     """The row's full-text columns, or None when it has no text to index."""
     text = tuple(row[i] for i in _FTS_AT)
     return text if any(v is not None for v in text) else None
+
+
+class _Live(dict):  # type: ignore[type-arg]
+    """An unwritten task as the database will give it back (a plain dict once answered)."""
+
+
+def _live_row(record: TaskRecord) -> TaskRecord:
+    return _Live(zip(TASK_COLUMNS, _snapshot(record), strict=True))
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _sql_value(value: Any, nocase: bool = False) -> tuple[Any, ...]:
+    """A value's place in SQLite's order: NULL, then numbers, then text (NOCASE folds ASCII
+    only, as SQLite does), then the rest."""
+    if value is None:
+        return (0,)
+    if type(value) in (int, float):
+        return (1, value)
+    if type(value) is str:
+        return (2, value.translate(_ASCII_LOWER) if nocase else value)
+    return (3, str(value))
+
+
+def _order(q: TaskQuery) -> tuple[Callable[[TaskRecord], tuple[Any, ...]], bool]:
+    """The sort key of :meth:`SqliteStore._page`'s ORDER BY in Python, and its direction.
+    Newest first by default, an unwritten task after every written one of the same time
+    (it will get a higher rowid)."""
+    if q.sort_by is None:
+        return (lambda r: (_sql_value(r.get("timestamp")), type(r) is _Live)), True
+    column, nocase = q.sort_by, q.sort_by == "name"
+    return (lambda r: (_sql_value(r.get(column), nocase), r.get("uuid") or "")), q.descending
 
 
 def _and(conds: list[Cond]) -> str:
@@ -172,7 +215,7 @@ class SqliteStore:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the folder of the {where}: {exc.strerror}") from exc
+            raise StoreError(f"{where}: cannot create its folder: {exc.strerror}") from exc
         conn: sqlite3.Connection | None = None
         try:
             conn = self._connect()
@@ -196,8 +239,22 @@ class SqliteStore:
             if isinstance(exc, StoreError):
                 raise
             reason = exc if isinstance(exc, MigrationError) else f"cannot open it: {exc}"
-            raise StoreError(f"{where}: {reason}") from exc
+            raise StoreError(f"{where}: {reason}{self._why_not_writable()}") from exc
         return conn
+
+    def _why_not_writable(self) -> str:
+        """SQLite says "unable to open database file" for most causes; name the usual one."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        for what, path in (("file", self.path), ("folder", folder)):
+            if os.path.exists(path) and not os.access(path, os.W_OK):
+                try:
+                    read_only_fs = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+                except OSError:
+                    read_only_fs = False
+                if read_only_fs:
+                    return " (it is on a read-only file system)"
+                return f" (the {what} is read-only for this user)"
+        return ""
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -256,9 +313,10 @@ class SqliteStore:
         with self._lock:
             self._pending[uuid] = record
         name, worker = record.get("name"), record.get("worker")
-        if name and name not in self._names:
+        # Only text is a name: an event may carry anything (a list, a number) in these fields.
+        if name and type(name) is str and name not in self._names:
             self._add_names(frozenset({name}), frozenset())
-        if worker and worker not in self._workers:
+        if worker and type(worker) is str and worker not in self._workers:
             self._add_names(frozenset(), frozenset({worker}))
 
     def put_worker(self, hostname: str, info: dict[str, Any]) -> None:
@@ -373,8 +431,8 @@ class SqliteStore:
                 self._values(_UPDATE.format(sets=", ".join(sets)), params)
             self._values(_FTS_DELETE, fts_del)
             self._values(_FTS_INSERT, fts_add)
-            names = frozenset(r[_NAME_AT] for r in rows if r[_NAME_AT]) - self._stored_names
-            hosts = frozenset(r[_WORKER_AT] for r in rows if r[_WORKER_AT]) - self._stored_workers
+            names = frozenset(_texts(rows, _NAME_AT)) - self._stored_names
+            hosts = frozenset(_texts(rows, _WORKER_AT)) - self._stored_workers
             for table, new in (("task_names", names), ("worker_names", hosts)):
                 self._values(
                     f"INSERT OR IGNORE INTO {table} (name) VALUES {{}}", [(n,) for n in new]
@@ -548,8 +606,19 @@ class SqliteStore:
         return sorted(self._names)
 
     def count(self) -> int:
-        """Tasks written to the database (what was put in the last flush interval may lack)."""
-        return self._count
+        """Tasks stored, counting those put but not written yet when they are few."""
+        live = self._unwritten()
+        if not live or len(live) > OVERLAY_MAX:
+            return self._count
+        sql = "SELECT count(*) FROM tasks WHERE uuid IN (SELECT value FROM json_each(?))"
+        written = self._reader().execute(sql, (json.dumps(list(live)),)).fetchone()[0]
+        return self._count + len(live) - int(written)
+
+    def _unwritten(self) -> dict[str, TaskRecord]:
+        """The tasks put but not committed yet, newest version of each (live records)."""
+        # Copying a dict is atomic under the GIL; the writer swaps these, never mutates them
+        # while we read (it builds new ones).
+        return {**self._inflight, **self._pending}
 
     def count_by_state(self) -> dict[str, int]:
         """Written tasks per state, kept by the writer: no scan (the hub polls this)."""
@@ -565,17 +634,52 @@ class SqliteStore:
         return {hostname: json.loads(info) for hostname, info in rows}
 
     def query(self, q: TaskQuery) -> list[TaskRecord]:
-        """The stored tasks matching ``q``; raises SearchError (a ValueError) for a malformed
+        """The tasks matching ``q``; raises SearchError (a ValueError) for a malformed
         ``q.search``. Filters as ``store/query.py``; order by the sort key (names
-        case-insensitively, a missing value lowest), ties by timestamp then by the order the
-        tasks were first stored, all in the same direction; newest first by default. Every
-        index ends in (timestamp, rowid), so any of these orders is read straight off one."""
+        case-insensitively, a missing value lowest) with ties by task id, as Flower, or newest
+        first by default (ties by insertion); every order is read straight off an index.
+
+        Tasks put but not written yet are in the answer too, when they are few (at most
+        OVERLAY_MAX: the writer keeps up): a task seen in ``/api/task/info`` is listed at
+        once. They are matched in Python and merged into the page the database gives, which
+        is read from ``offset - len(matches)``, so the page is exact at any depth."""
         if q.sort_by is not None and q.sort_by not in SORT_KEYS:
             raise ValueError(f"sort_by must be one of {', '.join(SORT_KEYS)}")
         if q.limit is not None and q.limit <= 0:
             return []
-        conds, counts = self._conditions(q)
         node = parse_search(q.search)
+        live = self._unwritten()
+        if not live or len(live) > OVERLAY_MAX:
+            return self._stored(q, node)
+        match, found = matcher(q), compile_search(node)
+        key, descending = _order(q)
+        mine = sorted(
+            (r for r in map(_live_row, live.values()) if match(r) and found(r)),
+            key=key,
+            reverse=descending,
+        )
+        exclude = json.dumps(list(live))
+        if not mine:
+            return self._stored(q, node, exclude)
+        start = max(0, q.offset - len(mine))
+        limit = None if q.limit is None else q.limit + len(mine)
+        rows = self._stored(replace(q, offset=start, limit=limit), node, exclude)
+        skipped = 0  # unwritten matches that sort before the first row read
+        if start > 0:
+            if not rows:  # the database has at most `start` matches: the page is past the end
+                return []
+            first = key(rows[0])
+            skipped = sum(1 for r in mine if (key(r) > first if descending else key(r) < first))
+        merged = sorted(rows + mine[skipped:], key=key, reverse=descending)
+        begin = q.offset - start - skipped
+        page = merged[begin : None if q.limit is None else begin + q.limit]
+        return [dict(r) if type(r) is _Live else r for r in page]
+
+    def _stored(self, q: TaskQuery, node: Node | None, exclude: str | None = None) -> list[
+        TaskRecord
+    ]:  # fmt: skip
+        """The written tasks matching ``q``, without those in ``exclude`` (a JSON list)."""
+        conds, counts = self._conditions(q)
         search = None if node is None else search_sql(node, self._names, self._workers)
         if search is not None and search.fts is None:  # no text: a filter like the others
             conds.append(search.where("{p}"))
@@ -599,6 +703,8 @@ class SqliteStore:
                 member = (_IDS_IN, (ids,)) if ids is not None else (_FTS_IN, (search.fts,))
                 where += self._render([member], "t." if plan == "search" else "+t.")
                 text = node if search.sql is not None else None
+            if exclude is not None:  # checked on the rows read, never driving the query
+                where.append(("+t.uuid NOT IN (SELECT value FROM json_each(?))", (exclude,)))
             return self._page(conn, q, where, "t." if ordered else "+t.", text)
         finally:
             conn.execute("COMMIT")
@@ -678,7 +784,9 @@ class SqliteStore:
         for column, wanted in (("state", q.state), ("name", q.taskname), ("worker", q.workername)):
             if wanted:  # whole values, case-insensitively: resolved against the values seen
                 tally = dict(self._tally[column])  # copied at once: the writer updates it
-                exact = tuple(v for v in tally if v and v.casefold() == wanted.casefold())
+                exact = tuple(
+                    v for v in tally if type(v) is str and v.casefold() == wanted.casefold()
+                )
                 marks = ", ".join("?" * len(exact))
                 collate = " COLLATE NOCASE" if column == "name" else ""  # as its index
                 conds.append((f"{{p}}{column}{collate} IN ({marks})" if exact else "0", exact))
@@ -705,8 +813,10 @@ class SqliteStore:
         direction = "DESC" if q.descending or q.sort_by is None else "ASC"
         key = q.sort_by or "timestamp"
         collate = " COLLATE NOCASE" if key == "name" else ""
-        ties = f"{prefix}timestamp {direction}, {prefix}id {direction}"
-        order = ties if key == "timestamp" else f"{prefix}{key}{collate} {direction}, {ties}"
+        if key == "timestamp":  # newest first; ties (rare: float times) by insertion
+            order = f"{prefix}timestamp {direction}, {prefix}id {direction}"
+        else:  # ties by task id, as Flower
+            order = f"{prefix}{key}{collate} {direction}, {prefix}uuid {direction}"
         sql = f"{_SELECT} WHERE {_and(where)} ORDER BY {order}"
         if text is None:
             rows = conn.execute(
@@ -730,7 +840,7 @@ class SqliteStore:
     def stats(self) -> dict[str, Any]:
         """Counters for /metrics and the status page."""
         return {
-            "pending": len(self._pending),
+            "pending": len(self._pending.keys() | self._inflight.keys()),  # not written yet
             "tasks": self._count,
             "written": self._written,
             "flushes": self._flushes,
