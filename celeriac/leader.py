@@ -77,11 +77,21 @@ def leadership_for(cluster: Cluster) -> Leadership | None:
     store = cluster.store
     if not isinstance(store, PostgresStore):  # a test's own store
         return None
+    identity = cluster_identity(cluster.app.conf.broker_url or "")
 
     started = False
+    marker: int | None = None  # the store's change marker, as a follower last saw it
+    changed_at: float | None = None  # when it last moved
 
     def elected() -> None:
         nonlocal started
+        if changed_at is not None:  # the gap, as this follower saw it
+            log.warning(
+                "took over ingest for %s: the previous leader last wrote %.1f s ago; events "
+                "published since then and before this instance subscribes are missed unless "
+                "the broker kept them (a stable --event-queue on RabbitMQ)",
+                identity, time.time() - changed_at,
+            )  # fmt: skip
         store.set_writing(True)
         if started:  # a source is started once: a new one for every term
             cluster.source = open_source(
@@ -94,18 +104,17 @@ def leadership_for(cluster: Cluster) -> Leadership | None:
         cluster.source.close()
         store.set_writing(False)
 
-    marker: int | None = None
-
     def follow() -> None:
-        nonlocal marker
+        nonlocal marker, changed_at
         cluster.state.restore_workers(store.workers())
         now = store.change_marker()
         if now != marker:  # the leader wrote: live pages refresh (celeriac/web/hub.py)
+            if marker is not None:
+                changed_at = time.time()
             marker = now
             cluster.store_changes += 1
 
     store.set_writing(False)  # until elected
-    identity = cluster_identity(cluster.app.conf.broker_url or "")
     return Leadership(url, identity, elected, deposed, follow)
 
 

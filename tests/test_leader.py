@@ -187,6 +187,9 @@ def test_sigkill_the_leader_mid_stream_and_the_follower_takes_over(shared, redis
     assert [r.get(timeout=30) for r in after] == [i + 1 for i in range(40)]
     ids = [r.id for r in after]
     wait_for(lambda: all_done(follower, ids), 20, message="every task sent after the hand-over")
+    log = follower.log_text()
+    assert "took over ingest" in log, log[-3000:]  # the gap is on record
+    assert "Traceback" not in log, log[-3000:]
     # What the old leader had written before it died is still there.
     states = task_states(follower)
     assert sum(1 for i in before if i in states) >= 30
