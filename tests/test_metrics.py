@@ -55,7 +55,7 @@ def series(samples: Samples, name: str, **labels: str) -> list[dict[str, str]]:
 
 
 def in_process() -> tuple[Metrics, State]:
-    app = create_app(Settings(broker=BROKER, unauthenticated_api=True, db="memory"))
+    app = create_app(Settings(broker=BROKER, unauthenticated_api=True, db=":memory:"))
     return app.state.metrics, app.state.cluster.state
 
 
@@ -285,7 +285,7 @@ def test_metrics_move_with_real_tasks(
 
 def test_scrape_is_bounded_when_the_broker_is_gone() -> None:
     app = create_app(Settings(broker=BROKER, unauthenticated_api=True, metrics_public=True,
-                              db="memory"))
+                              db=":memory:"))
 
     async def go() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),

@@ -66,7 +66,7 @@ def test_openapi_describes_every_route(monitor: MonitorProcess) -> None:
 
     described = set(monitor.client.get("/api/openapi.json").json()["paths"])
     app = create_app(Settings(broker="redis://127.0.0.1:1/0", unauthenticated_api=True,
-                              db="memory"))
+                              db=":memory:"))
     routes = set()
     for route in app.routes:
         path = getattr(route, "path", "")
