@@ -75,8 +75,9 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--purge-offline-workers", "--purge_offline_workers",
                      "purge_offline_workers", type=float,
                      help="Forget workers offline for this many seconds."),
-        click.option("--db", help="Task store: a SQLite path, or :memory: for none "
-                     "[a file per broker in the user data directory]."),
+        click.option("--db", help="Task history: a SQLite file, a postgresql:// URL (shared "
+                     "by several instances), or 'memory' to keep nothing on disk [a SQLite "
+                     "file per cluster in the user data directory] (CELERIAC_DB)."),
         click.option("--max-age", "--max_age", "max_age",
                      help="Prune finished tasks older than this (90s, 15m, 12h, 7d)."),
         click.option("--max-wait", "--max_wait", "max_wait",
@@ -98,6 +99,7 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _serve(flags: dict[str, Any], app: Any = None) -> None:
     from celeriac.cluster import BrokerUnreachable, Cluster
     from celeriac.server import serve
+    from celeriac.store.base import StoreError
 
     try:
         settings = Settings.build(flags)
@@ -112,6 +114,8 @@ def _serve(flags: dict[str, Any], app: Any = None) -> None:
     except SettingsError as exc:
         _fail(f"invalid setting: {exc}", code=2)
     except BrokerUnreachable as exc:
+        _fail(str(exc), code=1)
+    except StoreError as exc:
         _fail(str(exc), code=1)
     serve(settings, cluster)
 

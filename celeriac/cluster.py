@@ -20,6 +20,7 @@ from celeriac.leader import Leadership, is_database_url, leadership_for, open_sh
 from celeriac.settings import Settings, SettingsError, redact_url
 from celeriac.state import State
 from celeriac.store.base import TaskStore
+from celeriac.store.location import db_path
 from celeriac.store.memory import MemoryStore
 
 log = logging.getLogger("celeriac")
@@ -63,14 +64,17 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
     return app
 
 
-def open_store(settings: Settings) -> TaskStore:
+def open_store(settings: Settings, broker_url: str) -> TaskStore:
+    """SQLite at ``--db`` or at the cluster's own file in the user's data directory; memory
+    only with ``--db memory``. Raises StoreError (one line) when the file cannot be used."""
     if is_database_url(settings.db):  # several instances may share it: celeriac/leader.py
         return open_shared_store(settings)
-    if settings.db and settings.db != ":memory:":
-        from celeriac.store.sqlite import SqliteStore
+    path = db_path(settings.db, broker_url)
+    if path is None:
+        return MemoryStore(settings.max_tasks, max_age=settings.max_age)
+    from celeriac.store.sqlite import SqliteStore
 
-        return SqliteStore(settings.db, max_tasks=settings.max_tasks)
-    return MemoryStore(settings.max_tasks)
+    return SqliteStore(path, max_tasks=settings.max_tasks, max_age=settings.max_age)
 
 
 def open_source(settings: Settings, app: Celery, state: State, control: Control) -> EventSource:
@@ -104,7 +108,7 @@ class Cluster:
         self.settings = settings
         self.app = configure_app(app, settings) if app is not None else load_app(settings)
         self.broker_url = redact_url(self.app.conf.broker_url or "")
-        self.store = open_store(settings)
+        self.store = open_store(settings, self.app.conf.broker_url or "")
         self.state = State(self.store)
         self.control = Control(self.app, settings.inspect_timeout_s)
         self.source = open_source(settings, self.app, self.state, self.control)
@@ -136,6 +140,11 @@ class Cluster:
         else:
             self.source.start()
         log.info("watching %s", self.broker_url)
+        path = getattr(self.store, "path", None)
+        if isinstance(self.store, MemoryStore):
+            log.info("task history in memory only (--db memory): a restart forgets it")
+        elif path:
+            log.info("task history in %s (%d tasks)", path, self.store.count())
 
     @property
     def role(self) -> str:

@@ -82,6 +82,28 @@ class WorkerState:
             return False
         return now - self.last_seen <= self.freq * HEARTBEAT_MISSES + 1.0
 
+    def saved(self) -> dict[str, Any]:
+        """What the store keeps, to restore the worker after a restart."""
+        return {
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "freq": self.freq,
+            "offline_event": self.offline_event,
+            "fields": dict(self.fields),  # a copy: the writer thread serialises it later
+        }
+
+    @classmethod
+    def restored(cls, hostname: str, saved: dict[str, Any]) -> WorkerState:
+        """A worker as last stored: online again only when its next heartbeat arrives."""
+        return cls(
+            hostname=hostname,
+            first_seen=_float(saved.get("first_seen")) or 0.0,
+            last_seen=_float(saved.get("last_seen")) or 0.0,
+            freq=_float(saved.get("freq")) or 2.0,
+            offline_event=bool(saved.get("offline_event")),
+            fields=dict(saved.get("fields") or {}),
+        )
+
     def as_dict(self, now: float) -> dict[str, Any]:
         return {
             "hostname": self.hostname,
@@ -106,6 +128,9 @@ class State:
         self.last_event_at: float | None = None
         self._fetched: dict[str, TaskRecord | None] = {}  # this batch's store lookups
         self.observer: EventObserver | None = None
+        # Workers as last stored: listed (offline) after a restart until they are heard again.
+        for hostname, saved in store.workers().items():
+            self._workers[hostname] = WorkerState.restored(hostname, saved)
 
     # -- ingest -----------------------------------------------------------------------------
     def apply(self, events: Iterable[Event]) -> None:
@@ -244,6 +269,7 @@ class State:
         else:
             w.offline_event = False
             w.last_seen = now
+        self._store.put_worker(hostname, w.saved())
         if self.observer is not None:
             self.observer.worker_event(kind, ev)
         return True

@@ -239,3 +239,28 @@ def module_celeriac_server(
 def flower_server(celeriac_server: MonitorFactory) -> Callable[..., MonitorProcess]:
     """``flower_server(broker, *extra_flags)``: a running Flower 2.x, stopped after the test."""
     return celeriac_server.flower
+
+
+# Task history ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """$XDG_DATA_HOME for the session: a celeriac started without ``--db`` keeps its default
+    task database there, never in the user's own data directory."""
+    path = tmp_path_factory.mktemp("xdg-data")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_DATA_HOME", str(path))
+    yield path
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def private_test_data_dir(
+    private_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """And one per test, so in-process clusters of two tests never share a default file."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data")))
+    yield
+    patch.undo()

@@ -31,6 +31,8 @@ async def status(request: Request) -> Response:
                 "last_event_at": state.last_event_at,
             },
             "tasks_stored": stored,
+            # Write failures (disk full, read-only) show here while the API keeps serving.
+            "store": cluster.store.stats(),
             "workers": state.worker_status(),
         }
     )

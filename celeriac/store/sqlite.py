@@ -88,6 +88,8 @@ _HITS_CAP = 2_000  # text matches counted exactly (~2.5 ms at most), extrapolate
 #: Microseconds per row, about, at 1M tasks: walking an index and checking the row; reading a
 #: filter's rows and sorting them; checking a search in Python; reading a text match.
 _COST = {"walk": 1.0, "sort": 2.0, "text": 5.0, "text hit": 3.0}
+#: Longest a put waits for the writer to take a full batch (then it files and goes on).
+THROTTLE_WAIT = 2.0
 #: Most tasks put but not written yet that a query or count merges in; beyond that the writer
 #: is far behind (a burst), and answers show what is written until it catches up.
 OVERLAY_MAX = 2000
@@ -176,8 +178,10 @@ class SqliteStore:
         flush_interval: float = 0.2,
         *,
         migrations: Sequence[Migration] = MIGRATIONS,
+        max_pending: int = 10_000,
     ) -> None:
         self.path = path
+        self.max_pending = max_pending
         self.max_tasks = max_tasks
         self.max_age = max_age
         self.flush_interval = flush_interval
@@ -188,6 +192,8 @@ class SqliteStore:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._cycled = threading.Condition()
+        self._taken = threading.Condition(self._lock)  # the writer took the pending batch
+        self._throttled = 0
         self._thread: threading.Thread | None = None
         self._closed = False
         self._local = threading.local()
@@ -312,12 +318,30 @@ class SqliteStore:
             return
         with self._lock:
             self._pending[uuid] = record
+            if len(self._pending) >= self.max_pending and self._writing():
+                # The writer is far behind (a burst, a slow disk): wait for it to take the
+                # batch rather than grow without bound. The reader's own backlog absorbs the
+                # burst meanwhile; nothing is dropped.
+                self._throttled += 1
+                self._wake.set()
+                self._taken.wait(THROTTLE_WAIT)
         name, worker = record.get("name"), record.get("worker")
         # Only text is a name: an event may carry anything (a list, a number) in these fields.
         if name and type(name) is str and name not in self._names:
             self._add_names(frozenset({name}), frozenset())
         if worker and type(worker) is str and worker not in self._workers:
             self._add_names(frozenset(), frozenset({worker}))
+
+    def _writing(self) -> bool:
+        """Whether a writer thread is taking batches (not stopped, not failing to write)."""
+        thread = self._thread
+        return (
+            thread is not None
+            and thread.is_alive()
+            and thread is not threading.current_thread()
+            and not self._failing
+            and not self._closed
+        )
 
     def put_worker(self, hostname: str, info: dict[str, Any]) -> None:
         """Keep a worker's last known state (written with the next flush, as JSON)."""
@@ -358,6 +382,7 @@ class SqliteStore:
             batch, workers = self._pending, self._pending_workers
             self._inflight = batch
             self._pending, self._pending_workers = {}, {}
+            self._taken.notify_all()
         started = time.perf_counter()
         try:
             rows = [_snapshot(record) for record in batch.values()]
@@ -843,6 +868,7 @@ class SqliteStore:
             "pending": len(self._pending.keys() | self._inflight.keys()),  # not written yet
             "tasks": self._count,
             "written": self._written,
+            "throttled": self._throttled,  # puts that waited for a writer far behind
             "flushes": self._flushes,
             "pruned": self._pruned,
             "last_flush_seconds": self._last_flush_seconds,

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -592,3 +593,22 @@ def test_unwritten_tasks_are_merged_into_every_page(db, sort):
         assert store.count() == 360
     finally:
         store.close()
+
+
+def test_a_writer_far_behind_slows_the_puts_down_and_loses_nothing(db):
+    class Slow(SqliteStore):
+        def _write(self, rows, workers):
+            time.sleep(0.05)  # a disk much slower than the events
+            super()._write(rows, workers)
+
+    store = Slow(db, flush_interval=0.01, max_pending=100)
+    store.start()
+    most = 0
+    for i in range(2000):
+        store.put(make(i))
+        most = max(most, store.stats()["pending"])
+    assert store.flush(timeout=30)
+    assert most <= 2 * 100  # at most a batch being written and a full one waiting
+    assert store.stats()["throttled"] > 0
+    assert store.count() == 2000
+    store.close()
