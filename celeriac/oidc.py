@@ -212,6 +212,8 @@ async def login(request: Request) -> Response:
     """Start a sign-in: remember the page asked for, send the browser to the provider."""
     import httpx
 
+    for key in [k for k in request.session if k.startswith("_state_")]:
+        del request.session[key]  # one pending sign-in at a time: the cookie stays small
     request.session[NEXT_KEY] = _local_path(request.query_params.get("next"))
     client = _client(request)
     try:

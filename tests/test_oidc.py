@@ -425,6 +425,37 @@ def test_a_provider_that_is_down_gets_a_clear_page(
     assert "s3cret-x1" not in monitor.log_text()
 
 
+def test_repeated_sign_in_attempts_keep_one_pending(provider: Provider) -> None:
+    async def go() -> None:
+        async with in_process(oidc_issuer=provider.url) as c:
+            for _ in range(20):
+                r = await c.get("/login")
+                assert r.status_code == 302
+            cookie = c.cookies[SESSION_COOKIE]
+            pending = json.loads(base64.b64decode(cookie.split(".")[0]))
+            assert len([k for k in pending if k.startswith("_state_")]) == 1
+            assert len(cookie) < 2000
+
+    asyncio.run(go())
+
+
+def test_oidc_alone_lets_celeriac_listen_beyond_this_machine(tmp_path: Path) -> None:
+    from tests.test_auth import run_celeriac
+
+    base = ["--broker", "redis://127.0.0.1:1/0", "--address", "0.0.0.0",
+            "--oidc-issuer", "https://id.example.com", "--oidc-client-id", "c"]
+    env = {"CELERIAC_OIDC_CLIENT_SECRET": "cl1ent-S3cret"}
+    done = run_celeriac(*base, "--oidc-domains", "example.com", env=env)
+    assert done.returncode == 1 and "cannot connect to broker" in done.stderr
+    done = run_celeriac(*base, env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("celeriac: invalid setting: oidc_issuer: say who")
+    for d in (run_celeriac(*base, "--auth", "(", env=env),
+              run_celeriac(*base, "--auth", ".*", "--cookie-secret", "sh0rt-k3y", env=env)):
+        assert d.returncode == 2 and len(d.stderr.strip().splitlines()) == 1
+        assert "cl1ent-S3cret" not in d.stderr + d.stdout and "sh0rt-k3y" not in d.stderr
+
+
 # Settings -----------------------------------------------------------------------------------
 
 
