@@ -55,6 +55,97 @@ def run(argv: list[str], out: Path, label: str) -> dict[str, Any]:
     return record
 
 
+def _median(xs: list[float | None]) -> float | None:
+    ys = sorted(x for x in xs if x is not None)
+    if not ys:
+        return None
+    mid = len(ys) // 2
+    return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
+
+
+def _fmt(x: float | None, digits: int = 0) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def summarize(out: Path) -> str:
+    """Markdown tables of every run in ``out``: each round, then medians and ratios."""
+    lines: list[str] = []
+    runs = {r["label"]: r for r in json.loads((out / "runs.json").read_text())}
+    for path in sorted(out.glob("ingest-*.json")):
+        data = json.loads(path.read_text())
+        meta = runs.get(path.stem, {})
+        lines += [
+            f"### {path.stem} (load average before {meta.get('load_before')}, "
+            f"after {meta.get('load_after')})", "",
+            "| monitor (round) | published ev/s | ingest ev/s | CPU s | CPU µs/event | "
+            "RSS idle | RSS after | RSS peak | held | missing | wrong state | gaps/lossy |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        per: dict[str, dict[str, list[float | None]]] = {}
+        for r in data["results"]:
+            ev = r["gen"].get("events") or 0
+            cpu = r.get("cpu_s_ingest")
+            hold = r.get("hold", {})
+            valid = "LOSSY" if r.get("lossy") else "ok"
+            rate = r.get("ingest_events_per_s")
+            per_event = cpu / ev * 1e6 if cpu is not None and ev else None
+            lines.append(
+                f"| {r['label']} ({r['round']}) | {_fmt(r['gen'].get('publish_events_per_s'))} "
+                f"| {_fmt(rate)} | {_fmt(cpu, 1)} | {_fmt(per_event, 1)} "
+                f"| {_fmt(r.get('rss_idle_mb'), 1)} | {_fmt(r.get('rss_after_mb'), 1)} "
+                f"| {_fmt(r.get('rss_peak_mb'), 1)} | {_fmt(hold.get('run_tasks_held'))} "
+                f"| {_fmt(hold.get('run_tasks_missing'))} | {_fmt(hold.get('wrong_state'))} "
+                f"| {valid} |"
+            )
+            m = per.setdefault(r["label"], {})
+            for key, value in (
+                ("rate", rate), ("cpu_per_event", per_event), ("rss_after", r.get("rss_after_mb")),
+                ("rss_peak", r.get("rss_peak_mb")), ("held", hold.get("run_tasks_held")),
+            ):
+                m.setdefault(key, []).append(value)
+        med = {label: {k: _median(v) for k, v in m.items()} for label, m in per.items()}
+        if "flower" in med and "celeriac" in med:
+            f, c = med["flower"], med["celeriac"]
+
+            def ratio(key: str, inverse: bool = False, f: Any = f, c: Any = c) -> str:
+                a, b = f.get(key), c.get(key)
+                if not a or not b:
+                    return "-"
+                return f"{(a / b if inverse else b / a):.2f}x"
+
+            lines += [
+                "", "| median | flower | celeriac | celeriac vs flower |", "|---|---:|---:|---:|",
+                f"| ingest events/s | {_fmt(f['rate'])} | {_fmt(c['rate'])} | {ratio('rate')} |",
+                f"| CPU µs per event | {_fmt(f['cpu_per_event'], 1)} "
+                f"| {_fmt(c['cpu_per_event'], 1)} | {ratio('cpu_per_event', True)} less |",
+                f"| RSS after (MB) | {_fmt(f['rss_after'], 1)} | {_fmt(c['rss_after'], 1)} "
+                f"| {ratio('rss_after')} |",
+                f"| RSS peak (MB) | {_fmt(f['rss_peak'], 1)} | {_fmt(c['rss_peak'], 1)} "
+                f"| {ratio('rss_peak')} |",
+                f"| tasks held | {_fmt(f['held'])} | {_fmt(c['held'])} | |",
+            ]
+        lines.append("")
+    for path in sorted(out.glob("realworkers-*.json")):
+        data = json.loads(path.read_text())
+        meta = runs.get(path.stem, {})
+        lines += [
+            f"### {path.stem} (load average before {meta.get('load_before')}, "
+            f"after {meta.get('load_after')})", "",
+            "| monitor | tasks | all final in monitor after (s) | lag after last finish (s) "
+            "| not final | wrong or missing | workers visible after (s) | RSS MB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in data["results"]:
+            lines.append(
+                f"| {r['label']} | {r.get('n')} | {r.get('all_done_in_monitor_s')} "
+                f"| {r.get('monitor_lag_after_last_finish_s')} | {r.get('not_final')} "
+                f"| {r.get('wrong_or_missing_state')} | {r.get('workers_visible_s')} "
+                f"| {r.get('rss_mb')} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--python", default=sys.executable, help="a Python with flower installed")
@@ -65,7 +156,11 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=2000, help="tasks for realworkers.py")
     ap.add_argument("--skip-realworkers", action="store_true")
     ap.add_argument("--port", type=int, default=5760, help="monitor port (and the next one)")
+    ap.add_argument("--summarize", metavar="OUT", help="only print the tables of an earlier run")
     a = ap.parse_args()
+    if a.summarize:
+        print(summarize(Path(a.summarize)))
+        return
     ks = a.k or [10_000, 100_000]
     out = Path(a.out or tempfile.mkdtemp(prefix="celeriac-vs-flower-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +210,8 @@ def main() -> None:
             rabbit.stop()
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(dbs, ignore_errors=True)
-    print(f"results in {out}")
+    (out / "summary.md").write_text(summarize(out))
+    print(f"results in {out} (summary.md)")
 
 
 if __name__ == "__main__":
