@@ -450,7 +450,7 @@ def main() -> None:
     ap.add_argument("--mode", choices=("http", "inprocess"), default="http")
     ap.add_argument("--tasks", type=int, default=1_000_000)
     ap.add_argument("--lag", type=int, default=2000, help="tasks between a task's events")
-    ap.add_argument("--backlog", type=int, default=50_000,
+    ap.add_argument("--backlog", type=int, default=10_000,
                     help="events published ahead of what celeriac applied (inprocess: tasks "
                          "waiting for the writer)")  # fmt: skip
     ap.add_argument("--runs", type=int, default=200)

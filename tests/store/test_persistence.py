@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from celery import chain
 
+from celeriac.store.location import default_db_file
 from celeriac.store.migrations import MIGRATIONS, migrate, schema_version
 from celeriac.store.sqlite import SqliteStore
 from tests.fixtures import BrokerInfo, MonitorFactory, MonitorProcess, WorkerFactory, wait_for
@@ -373,3 +374,20 @@ def test_a_full_disk_is_reported_and_celeriac_keeps_serving(
         assert "works again" in monitor.log_text()
         assert monitor.stop() in STOPPED
         check_database(db)
+
+
+def test_without_db_the_history_is_a_file_of_the_cluster_in_the_data_directory(
+    redis_broker: BrokerInfo, celery_worker: WorkerFactory, celeriac_server: MonitorFactory,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    data = tmp_path / "data"
+    env = {"CELERIAC_DB": "", "XDG_DATA_HOME": str(data)}  # "" : as if not set at all
+    celery_worker(redis_broker)
+    monitor = celeriac_server(redis_broker, env=env)
+    task = redis_broker.tasks.add.delay(1, 1).id
+    wait_for(lambda: task in listed(monitor), 30, 0.1, "the task stored")
+    expected = data / "celeriac" / default_db_file(redis_broker.url)
+    assert expected.exists() and str(expected) in monitor.log_text()
+    assert monitor.stop() in STOPPED
+    again = celeriac_server(redis_broker, env=env)  # a restart finds its own history again
+    assert task in listed(again)
