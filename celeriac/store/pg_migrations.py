@@ -96,8 +96,23 @@ def _v1(conn: Any) -> None:
         conn.execute(sql)
 
 
+def _v2(conn: Any) -> None:
+    """Sorts break ties by task id, as Flower does (and the SQLite store, since its v2), each
+    sort read straight off an index ending in uuid. v1's name and state indexes stay: they
+    serve the filters newest first. Its received and started indexes only served sorts."""
+    for sql in (
+        "CREATE INDEX tasks_name_sorted ON tasks (lower(name) NULLS FIRST, uuid)",
+        "CREATE INDEX tasks_state_sorted ON tasks (state NULLS FIRST, uuid)",
+        "DROP INDEX tasks_received",
+        "CREATE INDEX tasks_received ON tasks (received NULLS FIRST, uuid)",
+        "DROP INDEX tasks_started",
+        "CREATE INDEX tasks_started ON tasks (started NULLS FIRST, uuid)",
+    ):
+        conn.execute(sql)
+
+
 #: Every migration, oldest first; the schema version is the length of this tuple.
-MIGRATIONS: tuple[Migration, ...] = (_v1,)
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
 
 #: Advisory lock key that serialises migrations between instances ("celeriac" in ASCII).
 MIGRATION_LOCK = 0x63656C6572696163

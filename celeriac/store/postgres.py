@@ -24,8 +24,9 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -42,7 +43,8 @@ from celeriac.store.pg_migrations import (
     migrate,
 )
 from celeriac.store.pg_search import search_condition
-from celeriac.store.search import compile_search, parse_search
+from celeriac.store.query import matcher
+from celeriac.store.search import Node, compile_search, parse_search
 
 __all__ = ["PostgresStore", "StoreError"]
 
@@ -58,10 +60,13 @@ _GET = (
 )
 _FINAL = tuple(sorted(s.lower() for s in FINAL_STATES))
 _PLAIN = frozenset({type(None), str, int, float})
-_NAME_AT, _STATE_AT, _WORKER_AT = (COLUMNS.index(c) for c in ("name", "state", "worker"))
+_STATE_AT = COLUMNS.index("state")
 _PRUNE_BATCH = 500  # rows per retention transaction: short, so a flush never waits long
 _STREAM_ROWS = 500  # rows per fetch when a search is checked in Python while reading
 _NAMES_TTL = 2.0  # seconds a follower trusts its copy of task_names
+#: Most tasks put but not written yet that a query or count merges in; beyond that the writer
+#: is far behind (a burst), and answers show what is written until it catches up.
+OVERLAY_MAX = 2000
 
 Row = tuple[Any, ...]
 
@@ -138,6 +143,61 @@ def _record(row: Sequence[Any]) -> TaskRecord:
     if row[-1] is not None:
         record.update(json.loads(row[-1]))
     return record
+
+
+def _sql_order(q: TaskQuery) -> str:
+    """The ORDER BY of a query: see :meth:`PostgresStore.query` (each read off an index)."""
+    desc = q.descending or q.sort_by is None
+    direction, nulls = ("DESC", "NULLS LAST") if desc else ("ASC", "NULLS FIRST")
+    if q.sort_by is None:  # newest first; ties (rare: float times) by insertion
+        return f"timestamp {direction} {nulls}, id {direction}"
+    key = "lower(name)" if q.sort_by == "name" else q.sort_by  # name: ASCII case folded
+    return f"{key} {direction} {nulls}, uuid {direction}"
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+class _Live(dict):  # type: ignore[type-arg]
+    """An unwritten task as the database will give it back, with the values its columns
+    will hold (``row``) for ordering it among written ones."""
+
+    row: Row
+
+    @classmethod
+    def of(cls, record: TaskRecord) -> _Live:
+        row = _snapshot(record)
+        live = cls(_record(row))
+        live.row = row
+        return live
+
+
+def _py_order(q: TaskQuery) -> tuple[Callable[[TaskRecord], tuple[Any, ...]], bool]:
+    """:func:`_sql_order` in Python, over records as the database gives them, and its
+    direction. An unwritten task sorts after every written one of the same time (it will
+    get a higher id)."""
+    if q.sort_by is None:
+        at = COLUMNS.index("timestamp")
+
+        def newest(r: TaskRecord) -> tuple[Any, ...]:
+            v = _columns(r)[at]
+            return (v is not None, v or 0.0, type(r) is _Live)
+
+        return newest, True
+    at, fold = COLUMNS.index(q.sort_by), q.sort_by == "name"
+
+    def by_key(r: TaskRecord) -> tuple[Any, ...]:
+        v = _columns(r)[at]
+        if v is None:
+            return (False, "", r.get("uuid") or "")
+        return (True, v.translate(_ASCII_LOWER) if fold else v, r.get("uuid") or "")
+
+    return by_key, q.descending
+
+
+def _columns(record: TaskRecord) -> Row:
+    """The values the database holds in the columns for ``record``."""
+    return record.row if type(record) is _Live else _snapshot(record)[:-1]
 
 
 class PostgresStore:
@@ -291,7 +351,8 @@ class PostgresStore:
         with self._lock:
             self._pending[uuid] = record
             name = record.get("name")
-            if name and name not in self._names:
+            # Only text is a name: an event may carry anything (a list, a number) there.
+            if name and type(name) is str and name not in self._names:
                 self._names = self._names | {name}
 
     def put_worker(self, hostname: str, info: dict[str, Any]) -> None:
@@ -337,7 +398,8 @@ class PostgresStore:
         started = time.perf_counter()
         try:
             rows = [_snapshot(record) for record in batch.values()]
-            self._write(rows, workers)
+            names = {n for r in batch.values() if type(n := r.get("name")) is str and n}
+            self._write(rows, workers, frozenset(names))
         except Exception as exc:
             self._write_failed(exc)
             with self._lock:  # newer versions put meanwhile win over the failed batch's
@@ -376,7 +438,9 @@ class PostgresStore:
             self._prepare(self._conn)
         return self._conn
 
-    def _write(self, rows: list[Row], workers: dict[str, dict[str, Any]]) -> None:
+    def _write(
+        self, rows: list[Row], workers: dict[str, dict[str, Any]], names: frozenset[str]
+    ) -> None:
         conn = self._writer()
         tally: Counter[str] = Counter()
         with conn.transaction():
@@ -396,7 +460,7 @@ class PostgresStore:
                 changes = [(s, n) for s, n in tally.items() if n]
                 if changes:
                     conn.execute(_COUNT_ADD, ([s for s, _ in changes], [n for _, n in changes]))
-            names = frozenset(r[_NAME_AT] for r in rows if r[_NAME_AT]) - self._stored_names
+            names = names - self._stored_names
             if names:
                 conn.execute(
                     "INSERT INTO task_names (name) SELECT unnest(%s::text[]) "
@@ -523,9 +587,16 @@ class PostgresStore:
         return sorted(self._names)
 
     def count(self) -> int:
-        """Tasks written to the database (what was put in the last flush interval may lack)."""
+        """Tasks stored, counting those put but not written yet when they are few."""
+        live = self._unwritten()
         with self._reader() as conn:
-            return self._count_on(conn)
+            written = self._count_on(conn)
+            if not live or len(live) > OVERLAY_MAX:
+                return written
+            row = conn.execute(
+                "SELECT count(*) FROM tasks WHERE uuid = ANY(%s)", (list(live),)
+            ).fetchone()
+        return written + len(live) - (int(row[0]) if row else 0)
 
     @staticmethod
     def _count_on(conn: psycopg.Connection[Any]) -> int:
@@ -559,14 +630,55 @@ class PostgresStore:
             return {hostname: json.loads(info) for hostname, info in rows}
 
     def query(self, q: TaskQuery) -> list[TaskRecord]:
-        """The stored tasks matching ``q``, in the order the SQLite store gives: by the sort
-        key (names and states case-insensitively, a missing value lowest), ties by timestamp
-        then by the order the tasks were first stored, all in the same direction; newest first
-        by default. Raises SearchError (a ValueError) for a malformed ``q.search``."""
+        """The tasks matching ``q``, in the SQLite store's order: by the sort key (names
+        case-insensitively, a missing value lowest) with ties by task id, as Flower, or newest
+        first by default (ties by insertion). Raises SearchError (a ValueError) for a
+        malformed ``q.search``.
+
+        Tasks put but not written yet are in the answer too, when they are few (at most
+        OVERLAY_MAX: the writer keeps up), as in the SQLite store: they are matched in
+        Python and merged into the page the database gives, read from ``offset -
+        len(matches)``, so the page is exact at any depth."""
         if q.sort_by is not None and q.sort_by not in SORT_KEYS:
             raise ValueError(f"sort_by must be one of {', '.join(SORT_KEYS)}")
         if q.limit is not None and q.limit <= 0:
             return []
+        node = parse_search(q.search)
+        live = self._unwritten()
+        if not live or len(live) > OVERLAY_MAX:
+            return self._stored(q, node)
+        match, found = matcher(q), compile_search(node)
+        key, descending = _py_order(q)
+        mine = sorted(
+            (r for r in map(_Live.of, live.values()) if match(r) and found(r)),
+            key=key,
+            reverse=descending,
+        )
+        exclude = list(live)
+        if not mine:
+            return self._stored(q, node, exclude)
+        start = max(0, q.offset - len(mine))
+        limit = None if q.limit is None else q.limit + len(mine)
+        rows = self._stored(replace(q, offset=start, limit=limit), node, exclude)
+        skipped = 0  # unwritten matches that sort before the first row read
+        if start > 0:
+            if not rows:  # the database has at most `start` matches: past the end
+                return []
+            first = key(rows[0])
+            skipped = sum(1 for r in mine if (key(r) > first if descending else key(r) < first))
+        merged = sorted([*rows, *mine[skipped:]], key=key, reverse=descending)
+        begin = q.offset - start - skipped
+        page = merged[begin : None if q.limit is None else begin + q.limit]
+        return [dict(r) if type(r) is _Live else r for r in page]
+
+    def _unwritten(self) -> dict[str, TaskRecord]:
+        """The tasks put but not committed yet, newest version of each (live records)."""
+        return {**self._inflight, **self._pending}
+
+    def _stored(
+        self, q: TaskQuery, node: Node | None, exclude: list[str] | None = None
+    ) -> list[TaskRecord]:
+        """The written tasks matching ``q``, without those in ``exclude``."""
         where: list[str] = []
         params: list[Any] = []
         for column, wanted in (("state", q.state), ("name", q.taskname), ("worker", q.workername)):
@@ -580,12 +692,14 @@ class PostgresStore:
         if q.received_end is not None:
             where.append("(received IS NULL OR received <= %s)")
             params.append(q.received_end)
-        node = parse_search(q.search)
         search = None if node is None else search_condition(node)
         if search is not None:
             where.append(f"({search.sql})")
             params.extend(search.params)
-        sql = f"{_SELECT} WHERE {' AND '.join(where) or 'true'} ORDER BY {self._order(q)}"
+        if exclude:  # a hashed lookup (PostgreSQL 15 hashes <> ALL of many constants)
+            where.append("uuid <> ALL(%s)")
+            params.append(exclude)
+        sql = f"{_SELECT} WHERE {' AND '.join(where) or 'true'} ORDER BY {_sql_order(q)}"
         with self._reader() as conn:
             if search is None or search.exact:
                 rows = conn.execute(
@@ -593,16 +707,6 @@ class PostgresStore:
                 ).fetchall()
                 return [_record(r) for r in rows]
             return self._checked(conn, sql, params, q, compile_search(node))
-
-    @staticmethod
-    def _order(q: TaskQuery) -> str:
-        desc = q.descending or q.sort_by is None
-        direction, nulls = ("DESC", "NULLS LAST") if desc else ("ASC", "NULLS FIRST")
-        ties = f"timestamp {direction} {nulls}, id {direction}"
-        if q.sort_by is None:
-            return ties
-        key = f"lower({q.sort_by})" if q.sort_by in ("name", "state") else q.sort_by
-        return f"{key} {direction} {nulls}, {ties}"
 
     @staticmethod
     def _checked(
@@ -629,7 +733,7 @@ class PostgresStore:
     def stats(self) -> dict[str, Any]:
         """Counters for /metrics and the status page."""
         return {
-            "pending": len(self._pending),
+            "pending": len(self._pending.keys() | self._inflight.keys()),  # not written yet
             "tasks": self.count(),
             "written": self._written,
             "flushes": self._flushes,

@@ -28,7 +28,16 @@ from celeriac.store.search import SearchError, compile_search
 from celeriac.store.sqlite import SqliteStore
 from tests.fixtures.postgres import PostgresServer
 from tests.store.test_search import QUERIES, corpus
-from tests.store.test_sqlite import FILTERS, REPO, SLICES, SORTS, T0, make, reference
+from tests.store.test_sqlite import (
+    FILTERS,
+    NAMES,
+    REPO,
+    SLICES,
+    SORTS,
+    T0,
+    make,
+    reference,
+)
 
 
 @pytest.fixture
@@ -190,7 +199,8 @@ def test_put_is_visible_at_once_and_coalesced(postgres_url):
     store.put(record)
     got = store.get("task-00001")
     assert got is not None and got["state"] == "SUCCESS" and got["children"] == []
-    assert store.query(TaskQuery()) == []  # readers see what is written
+    assert store.query(TaskQuery()) == [record]  # listed before it is written
+    assert store.count() == 1
     assert store.flush()
     assert store.stats()["written"] == 1  # three puts, one row
     assert store.query(TaskQuery()) == [dict(record)]
@@ -351,21 +361,21 @@ def test_a_follower_does_not_write_or_prune(postgres_url, monkeypatch):
         leader.close()
 
 
-def _v2(conn: Any) -> None:
+def _v_next(conn: Any) -> None:
     conn.execute('ALTER TABLE tasks ADD COLUMN queue text COLLATE "C"')
     conn.execute("UPDATE tasks SET queue = routing_key")
     conn.execute("CREATE INDEX tasks_queue ON tasks (queue, timestamp, id)")
 
 
-def test_a_version_1_database_is_upgraded_without_losing_data(postgres_url):
+def test_a_database_is_upgraded_by_a_further_migration_without_losing_data(postgres_url):
     store = PostgresStore(postgres_url)
     records = [make(i) for i in range(20)]
     for r in records:
         store.put(r)
     store.close()
     with psycopg.connect(postgres_url) as conn:
-        assert schema_version(conn) == len(MIGRATIONS) == 1
-    upgraded = PostgresStore(postgres_url, migrations=(*MIGRATIONS, _v2))
+        assert schema_version(conn) == len(MIGRATIONS)
+    upgraded = PostgresStore(postgres_url, migrations=(*MIGRATIONS, _v_next))
     try:
         assert upgraded.count() == 20
         assert upgraded.get("task-00003") == {**records[3], "children": []}
@@ -373,7 +383,7 @@ def test_a_version_1_database_is_upgraded_without_losing_data(postgres_url):
     finally:
         upgraded.close()
     with psycopg.connect(postgres_url) as conn:
-        assert schema_version(conn) == 2
+        assert schema_version(conn) == len(MIGRATIONS) + 1
         count = conn.execute("SELECT count(*) FROM tasks WHERE queue = 'celery'").fetchone()
         assert count == (20,)
 
@@ -388,12 +398,12 @@ def test_a_failed_migration_leaves_the_previous_version(postgres_url):
     with pytest.raises(StoreError, match="syntax error"):
         PostgresStore(postgres_url, migrations=(*MIGRATIONS, broken))
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        assert schema_version(conn) == 1
+        assert schema_version(conn) == len(MIGRATIONS)
         columns = conn.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'tasks'"
         ).fetchall()
         assert ("half_done",) not in columns
-        assert migrate(conn) == 1
+        assert migrate(conn) == len(MIGRATIONS)
 
 
 def test_instances_starting_together_migrate_once(postgres_url):
@@ -415,7 +425,8 @@ def test_instances_starting_together_migrate_once(postgres_url):
         s.close()
     assert errors == [] and len(stores) == 4
     with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
+        versions = conn.execute("SELECT count(*) FROM schema_version").fetchone()
+        assert versions == (len(MIGRATIONS),)
 
 
 def test_a_newer_database_is_refused(postgres_url):
@@ -481,3 +492,73 @@ def test_concurrent_readers_while_writing(store):
         t.join()
     assert errors == []
     assert store.count() == 3000
+
+
+def test_every_older_schema_version_is_upgraded_with_its_tasks(postgres_server):
+    # A database made by each released version in turn, with tasks written by that version.
+    records = [make(i) for i in range(40)]
+    for version in range(1, len(MIGRATIONS)):
+        url = postgres_server.new_url(f"v{version}")
+        old = PostgresStore(url, migrations=MIGRATIONS[:version])
+        for r in records:
+            old.put(dict(r))
+        old.close()
+        store = PostgresStore(url)
+        try:
+            for q in [TaskQuery(), TaskQuery(sort_by="name", limit=15, offset=3),
+                      TaskQuery(sort_by="state", descending=True), TaskQuery(search="bad 11")]:
+                assert store.query(q) == reference(records, q), (version, q)
+            assert store.count() == 40 and store.task_types() == sorted(
+                {r["name"] for r in records if r["name"]})
+        finally:
+            store.close()
+        with psycopg.connect(url) as conn:
+            assert schema_version(conn) == len(MIGRATIONS)
+
+
+def test_odd_names_and_hosts_are_kept_but_never_break_the_store(store):
+    # Events are untrusted: a name may come as a number and a hostname as a list.
+    store.put(make(1, name=5, worker=["w@h"]))
+    store.put(make(2, name="tasks.ok", worker="w@h"))
+    assert store.flush()
+    assert store.task_types() == ["tasks.ok"]
+    assert [r["uuid"] for r in store.query(TaskQuery(taskname="TASKS.OK"))] == ["task-00002"]
+    assert [r["uuid"] for r in store.query(TaskQuery(workername="w@h"))] == ["task-00002"]
+    assert store.count() == 2
+    odd = store.get("task-00001")
+    assert odd is not None and odd["name"] == 5 and odd["worker"] == "['w@h']"
+
+
+@pytest.mark.parametrize("sort", SORTS)
+def test_unwritten_tasks_are_merged_into_every_page(postgres_url, sort):
+    # No writer thread: the first 300 tasks are written, then 60 new ones and 40 changed ones
+    # wait unwritten; every page must be the reference's over what was put.
+    store = PostgresStore(postgres_url)
+    rng = random.Random(3)
+    records = {r["uuid"]: r for r in (make(i, rng) for i in range(300))}
+    for r in records.values():
+        store.put(dict(r))
+    assert store.flush()
+    for i in range(300, 360):
+        records[f"task-{i:05d}"] = make(i, rng)
+    changed = rng.sample(list(records.values())[:300], 40)
+    for j, r in enumerate(changed):  # later events: a new state, a later time
+        r.update(state=rng.choice(ALL_STATES), name=rng.choice(NAMES), timestamp=T0 + 900 + j)
+    for r in list(records.values())[300:] + changed:
+        store.put(dict(r))
+    everything = list(records.values())
+    sort_by, desc = sort
+    try:
+        for filters in [{}, {"state": "SUCCESS"}, {"taskname": "tasks.add"}]:
+            for search in [None, "user3", "kwargs:user=user3"]:
+                for limit, offset in [(None, 0), (10, 0), (10, 5), (7, 100), (25, 330),
+                                      (50, 345), (5, 2000)]:
+                    q = TaskQuery(limit=limit, offset=offset, sort_by=sort_by,
+                                  descending=bool(desc), search=search, **filters)
+                    got = store.query(q)
+                    want = reference(everything, q)
+                    assert [r["uuid"] for r in got] == [r["uuid"] for r in want], q
+                    assert got == want
+        assert store.count() == 360
+    finally:
+        store.close()
