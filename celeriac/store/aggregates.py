@@ -193,6 +193,8 @@ class AggregateStore(Protocol):
         ...
 
 
+#: Longest a bulk action or an export waits for the store to write what it was given.
+FLUSH_WAIT = 5.0
 #: Rows per page when a store without aggregates of its own is read through ``query``.
 FALLBACK_PAGE = 2000
 
@@ -257,7 +259,13 @@ def store_failure_groups(store: TaskStore, since: float, bucket: float) -> list[
 def store_matching(
     store: TaskStore, q: TaskQuery, batch: int = 1000
 ) -> Iterator[list[TaskRecord]]:
-    """Every task matching ``q`` (newest first, in batches); raises on a malformed search."""
+    """Every task matching ``q`` (newest first, in batches); raises on a malformed search.
+
+    What was put before the call is written first (a store writes in batches on a thread of
+    its own), so a task just listed by ``/api/tasks`` is also exported and acted on."""
+    flush = getattr(store, "flush", None)
+    if flush is not None:
+        flush(FLUSH_WAIT)
     own = getattr(store, "iter_matching", None)
     if own:
         pages: Iterator[list[TaskRecord]] = own(q, batch)
