@@ -64,6 +64,9 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--oidc-read-only", "oidc_read_only", is_flag=True, default=None,
                      help="Signed-in users can look but not act."),
         click.option("--oidc-scopes", "oidc_scopes", help="Scopes [openid email profile]."),
+        click.option("--oidc-redirect-uri", "--oauth2_redirect_uri", "oidc_redirect_uri",
+                     metavar="URL", help="The public URL of /oauth2/callback, when a proxy "
+                     "does not pass on the Host [from the request]."),
         click.option("--cookie-secret", "cookie_secret",
                      help="Key signing session cookies [random: sign-ins end on restart]."),
         click.option("--session-max-age", "session_max_age",

@@ -216,8 +216,9 @@ async def login(request: Request) -> Response:
         del request.session[key]  # one pending sign-in at a time: the cookie stays small
     request.session[NEXT_KEY] = _local_path(request.query_params.get("next"))
     client = _client(request)
+    callback_url = request.app.state.settings.oidc_redirect_uri or request.url_for("oidc_callback")
     try:
-        return await client.authorize_redirect(request, request.url_for("oidc_callback"))  # type: ignore[no-any-return]
+        return await client.authorize_redirect(request, callback_url)  # type: ignore[no-any-return]
     except (httpx.HTTPError, ValueError, KeyError, RuntimeError) as exc:
         log.warning("cannot start a sign-in: the OpenID provider did not answer discovery "
                     "(%s)", type(exc).__name__)

@@ -189,6 +189,7 @@ class Settings:
     oidc_client_secret: str | None = field(default=None, repr=False)
     oidc_client_secret_file: str | None = None
     oidc_scopes: str = "openid email profile"
+    oidc_redirect_uri: str | None = None  # the callback URL; None: from each request's host
     auth: str | None = None  # Flower's --auth: a regex the whole e-mail address must match
     oidc_domains: tuple[str, ...] = ()  # or: e-mail domains allowed in
     oidc_admins: str | None = None  # if given, only matching e-mails are admins
@@ -275,7 +276,8 @@ class Settings:
 
     def _validate_oidc(self) -> None:
         used = [name for name in ("oidc_client_id", "oidc_client_secret", "auth", "oidc_domains",
-                                  "oidc_admins", "oidc_read_only", "cookie_secret")
+                                  "oidc_admins", "oidc_read_only", "cookie_secret",
+                                  "oidc_redirect_uri")
                 if getattr(self, name)]
         if not self.oidc_issuer:
             if used:
@@ -299,6 +301,12 @@ class Settings:
                     re.compile(pattern)
                 except re.error as exc:
                     raise SettingsError(f"{name}: not a regular expression: {exc}") from None
+        if self.oidc_redirect_uri is not None:
+            callback = urlsplit(self.oidc_redirect_uri)
+            if (callback.scheme not in ("http", "https") or not callback.hostname
+                    or not callback.path.endswith("/oauth2/callback")):
+                raise SettingsError("oidc_redirect_uri: expected the public URL of "
+                                    "/oauth2/callback, e.g. https://host/oauth2/callback")
         if "openid" not in self.oidc_scopes.split():
             raise SettingsError("oidc_scopes: must include openid")
         if self.cookie_secret is not None and len(self.cookie_secret) < 16:

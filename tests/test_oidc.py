@@ -425,6 +425,18 @@ def test_a_provider_that_is_down_gets_a_clear_page(
     assert "s3cret-x1" not in monitor.log_text()
 
 
+def test_a_configured_redirect_uri_wins_over_the_host(provider: Provider) -> None:
+    public = "https://celeriac.example.com/monitor/oauth2/callback"
+
+    async def go() -> None:
+        async with in_process(oidc_issuer=provider.url, oidc_redirect_uri=public) as c:
+            r = await c.get("/login", headers={"Host": "127.0.0.1:5555"})
+            query = parse_qs(urlsplit(r.headers["location"]).query)
+            assert query["redirect_uri"] == [public]
+
+    asyncio.run(go())
+
+
 def test_repeated_sign_in_attempts_keep_one_pending(provider: Provider) -> None:
     async def go() -> None:
         async with in_process(oidc_issuer=provider.url) as c:
@@ -478,6 +490,8 @@ def oidc(**kw: object) -> dict[str, object]:
         (oidc(cookie_secret="short"), "cookie_secret: too short"),
         (oidc(oidc_domains="a@b.com"), "not an e-mail domain"),
         (oidc(session_max_age="soon"), "expected a duration"),
+        (oidc(oidc_redirect_uri="https://h/callback"), "oidc_redirect_uri: expected the public"),
+        ({"oidc_redirect_uri": "https://h/oauth2/callback"}, "needs oidc_issuer"),
     ],
 )
 def test_settings_refuse_incomplete_or_unsafe_oidc(flags: dict[str, object], needle: str) -> None:
