@@ -2,13 +2,15 @@
 dashboards keep working, plus celeriac's own (tasks by state, events by type, queue lengths,
 queue wait, workers, ingest health, the store).
 
-Nothing here runs per event through ``prometheus_client``: Flower pays about 128 µs an event
-for its labelled counters. The ingest thread only bumps plain dicts in :class:`EventTally` (the
-state's observer); a custom collector turns those, the state, the source's counters and the
-store into metric families when Prometheus scrapes. Each app has its own registry.
+Nothing here runs per event through ``prometheus_client``: its labelled metrics cost several
+times what plain dicts do on the ingest path (bench/metrics_bench.py, bench/results/metrics.md).
+The ingest thread only bumps plain dicts in :class:`EventTally` (the state's observer); a custom
+collector turns those, the state, the source's counters and the store into metric families when
+Prometheus scrapes. Each app has its own registry.
 
 Label values are task names and worker host names only, never ids, and each is capped
-(:data:`MAX_TASK_NAMES`, :data:`MAX_HOSTS`): past the cap they count under ``__other__``. A
+(:data:`MAX_TASK_NAMES`, :data:`MAX_HOSTS`, :data:`MAX_PAIRS` pairs of them): past a cap they
+count under ``__other__``. A
 worker that is offline leaves every per-worker series except ``flower_worker_online``, which
 reads 0 until the worker is forgotten (``--purge-offline-workers``).
 """
@@ -46,6 +48,10 @@ log = logging.getLogger("celeriac.metrics")
 #: Distinct task names / host names given a label of their own; the rest are ``__other__``.
 MAX_TASK_NAMES = 1000
 MAX_HOSTS = 1000
+#: Distinct (worker, task name) pairs with series of their own: every pair carries a runtime
+#: histogram (17 samples) and a counter per event type, so this bounds a scrape's size. Past it
+#: a worker's further task names count under ``__other__``.
+MAX_PAIRS = 2000
 OTHER = "__other__"
 #: Flower's default runtime buckets (prometheus_client's), so its dashboards' quantiles agree.
 RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
@@ -74,11 +80,14 @@ class EventTally:
     """Plain counters kept on the ingest thread (the state's observer): a few dict operations
     an event. Readers take copies (a dict or list copy is atomic under the GIL)."""
 
-    def __init__(self, max_names: int = MAX_TASK_NAMES, max_hosts: int = MAX_HOSTS) -> None:
+    def __init__(self, max_names: int = MAX_TASK_NAMES, max_hosts: int = MAX_HOSTS,
+                 max_pairs: int = MAX_PAIRS) -> None:
         self.max_names = max_names
         self.max_hosts = max_hosts
+        self.max_pairs = max_pairs
         self.names: set[str] = set()
         self.hosts: set[str] = set()
+        self.pairs: set[tuple[str, str]] = set()
         self.worker_hosts: set[str] = set()  # hosts seen sending worker events
         self.types: dict[str, int] = {}
         self.events: dict[tuple[str, str, str], int] = {}  # (worker, type, task)
@@ -108,10 +117,15 @@ class EventTally:
             name = ""
         elif name not in self.names:
             name = self._admit(name, self.names, self.max_names)
+        pair = (worker, name)
+        if pair not in self.pairs:
+            if len(self.pairs) >= self.max_pairs:
+                name = OTHER
+                pair = (worker, name)
+            self.pairs.add(pair)  # past the cap only (worker, __other__): one more per host
         key = (worker, kind, name)
         events = self.events
         events[key] = events.get(key, 0) + 1
-        pair = (worker, name)
         # Flower's prefetch bookkeeping, on the merged record: only tasks without an ETA.
         received = rec.get("received")
         prefetch = received is not None and not rec.get("eta")
@@ -160,6 +174,7 @@ class EventTally:
                 table.pop(key, None)  # type: ignore[arg-type]
         self.worker_hosts -= gone
         self.hosts -= gone
+        self.pairs = {p for p in self.pairs if p[0] not in gone}
 
 
 def _histogram(counts: list[float], buckets: Sequence[float]) -> tuple[list[tuple[str, float]],
@@ -326,6 +341,13 @@ class ClusterCollector:
         info = GaugeMetricFamily("celeriac_info", "celeriac's version", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
+        role = GaugeMetricFamily(
+            "celeriac_role",
+            "1 for this instance's role: single, or leader or follower on a shared store (only "
+            "the leader reads events: event-derived series come from it alone)",
+            labels=["role"])
+        role.add_metric([_role(self.cluster)], 1)
+        yield role
         started = GaugeMetricFamily("celeriac_start_time_seconds",
                                     "When celeriac started (Unix time)")
         started.add_metric([], self.cluster.started_at)
@@ -365,6 +387,10 @@ class ClusterCollector:
             yield family
 
 
+def _role(cluster: Cluster) -> str:
+    return str(getattr(cluster, "role", "single"))
+
+
 def _count_by_state(store: TaskStore) -> dict[str, int] | None:
     """Tasks per state: the store's own count if it keeps one, else a walk of a small store."""
     counter = getattr(store, "count_by_state", None)
@@ -400,9 +426,10 @@ class Metrics:
 
         started = time.monotonic()
         cluster = self.cluster
-        if not cluster.source.counters.connected:
+        if not cluster.source.counters.connected and _role(cluster) != "follower":
             # The broker is unreachable for the event reader too: asking again at every scrape
             # would only pile up connection attempts. The lengths are reported missing.
+            # (A follower on a shared store reads no events: it asks the broker regardless.)
             self.queue_lengths = None
             return
         try:

@@ -125,6 +125,7 @@ def test_flower_names_labels_and_values() -> None:
     assert value(samples, "celeriac_tasks", state="STARTED") == 1
     assert value(samples, "celeriac_workers", status="online") == 1
     assert value(samples, "celeriac_worker_active_tasks", worker="w1@h") == 2
+    assert value(samples, "celeriac_role", role="single") == 1
     # Never an id in a label.
     assert not [k for k in samples if any(v in ("u1", "u2") for _, v in k[1])]
 
@@ -178,6 +179,24 @@ def test_label_values_are_capped() -> None:
     assert names == {"tests.t0", "tests.t1", "tests.t2", OTHER}
     assert hosts == {"client@h", "w0@h", OTHER}
     assert sum(n for k, n in tally.events.items() if k[1] == "task-succeeded") == 10
+
+
+def test_worker_and_task_pairs_are_capped() -> None:
+    tally = EventTally(max_names=100, max_hosts=100, max_pairs=4)
+    state = State(MemoryStore(1000))
+    state.observer = tally
+    now = time.time()
+    for w in range(3):
+        for t in range(3):
+            state.apply(task_events(f"u{w}-{t}", f"tests.t{t}", f"w{w}@h", now))
+    pairs = {(k[0], k[2]) for k in tally.events if k[0] != "client@h"}
+    named = {p for p in pairs if p[1] != OTHER}
+    # The client's task-sent events took two of the four pairs.
+    assert named == {("w0@h", "tests.t0"), ("w0@h", "tests.t1")}
+    assert {p for p in pairs if p[1] == OTHER} == {("w0@h", OTHER), ("w1@h", OTHER),
+                                                   ("w2@h", OTHER)}
+    assert sum(n for k, n in tally.events.items() if k[1] == "task-succeeded") == 9
+    assert len({(w, t) for w, t in tally.runtime}) <= 4 + 3
 
 
 def test_a_bad_event_does_not_break_the_tally() -> None:

@@ -61,10 +61,18 @@ def monitor(
 
 def test_openapi_describes_every_route(monitor: MonitorProcess) -> None:
     """Every API route of the app is in the description, and nothing else is."""
+    from celeriac.api.openapi import spec
     from celeriac.server import create_app
     from celeriac.settings import Settings
 
-    described = set(monitor.client.get("/api/openapi.json").json()["paths"])
+    description = monitor.client.get("/api/openapi.json").json()
+    described = set(description["paths"])
+    # The security it states is the one configured: a token here, nothing for /healthcheck.
+    assert {"bearer": []} in description["security"]
+    assert description["paths"]["/healthcheck"]["get"]["security"] == []
+    assert "security" not in description["paths"]["/metrics"]["get"]  # not --metrics-public
+    assert spec(open_api=True)["security"] == []
+    assert spec(metrics_public=True)["paths"]["/metrics"]["get"]["security"] == []
     app = create_app(Settings(broker="redis://127.0.0.1:1/0", unauthenticated_api=True,
                               db=":memory:"))
     routes = set()
