@@ -12,6 +12,8 @@ are loaded one after the other, never at the same time, so they do not share the
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import platform
 import random
@@ -33,7 +35,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import psycopg  # noqa: E402
 import store_bench  # noqa: E402
 
-from celeriac.store.base import TaskQuery  # noqa: E402
+from celeriac.constants import TASK_FIELDS  # noqa: E402
+from celeriac.store.base import TaskQuery, TaskRecord  # noqa: E402
 from celeriac.store.postgres import PostgresStore  # noqa: E402
 from celeriac.store.sqlite import SqliteStore  # noqa: E402
 from tests.fixtures.postgres import PostgresServer  # noqa: E402
@@ -68,12 +71,43 @@ PROBES: list[tuple[str, Callable[[Any, list[str], random.Random], Any]]] = [
 ]
 
 
+def ingest(store: Any, n: int, lag: int, max_pending: int) -> tuple[float, list[str]]:
+    """Feed store_bench's 3n events as the state would put them; return the seconds until the
+    last one is written, and a sample of uuids. The feeder waits while more than
+    ``max_pending`` tasks are unwritten, as a broker reader is paced by the broker."""
+    t0 = time.perf_counter()
+    live: dict[str, TaskRecord] = {}
+    sample: list[str] = []
+    states = {"task-received": "RECEIVED", "task-started": "STARTED",
+              "task-succeeded": "SUCCESS", "task-failed": "FAILURE"}  # fmt: skip
+    for count, (kind, fields) in enumerate(store_bench.events(n, lag)):
+        u = fields["uuid"]
+        record = live.get(u)
+        if record is None:
+            record = live[u] = dict.fromkeys(f for f in TASK_FIELDS if f != "children")
+            record.update(uuid=u, state="PENDING")
+            if len(sample) < 2000 and count % 97 == 0:
+                sample.append(u)
+        record.update({k: v for k, v in fields.items() if k in record and v is not None})
+        record.update(worker=fields["hostname"], state=states[kind])
+        record[{"task-received": "received", "task-started": "started",
+                "task-succeeded": "succeeded", "task-failed": "failed"}[kind]] = fields[
+            "timestamp"]  # fmt: skip
+        store.put(record)
+        if kind in ("task-succeeded", "task-failed"):
+            live.pop(u, None)
+        if count % 3000 == 0:
+            while store.stats()["pending"] > max_pending:
+                time.sleep(0.005)
+    store.flush()
+    return time.perf_counter() - t0, sample
+
+
 def run(
     store: Any, a: argparse.Namespace, settle: Callable[[], None] | None = None
 ) -> dict[str, Any]:
     """Load the tasks into ``store``, ``settle``, and time the probes; the store is closed
     after."""
-    random.seed(42)  # the same uuids and the same tasks for both stores
     proc = psutil.Process()
     store.start()
     during: list[float] = []
@@ -87,7 +121,7 @@ def run(
 
     poller = threading.Thread(target=poll)
     poller.start()
-    seconds, sample = store_bench.ingest(store, a.tasks, a.lag, a.max_pending)
+    seconds, sample = ingest(store, a.tasks, a.lag, a.max_pending)
     done.set()
     poller.join()
     during.sort()
@@ -99,7 +133,7 @@ def run(
     settled = time.perf_counter() - settled
     rng = random.Random(7)
     rows = [
-        (label, *store_bench.timed(lambda fn=fn: fn(store, sample, rng), a.runs))
+        (label, *store_bench.timed(functools.partial(fn, store, sample, rng), a.runs))
         for label, fn in PROBES
     ]
     store.close()
@@ -129,19 +163,19 @@ def main() -> None:
                 conn.execute("VACUUM ANALYZE tasks")
 
         pg = run(PostgresStore(url, flush_interval=a.flush_interval), a, vacuum)
+        print(f"PostgreSQL: {pg['seconds']:.1f} s, {pg['rows']}", file=sys.stderr, flush=True)
         with psycopg.connect(url) as conn:
-            pg_size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-            version = conn.execute("SHOW server_version").fetchone()[0]
-        pg_server_rss = sum(
-            p.memory_info().rss
-            for p in psutil.process_iter()
-            if p.name() == "postgres" and str(server.port) in " ".join(_cmdline(p))
-        )
+            size_row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+            version_row = conn.execute("SHOW server_version").fetchone()
+        pg_size = size_row[0] if size_row else 0
+        version = version_row[0] if version_row else "?"
+        pg_server_rss = _tree_rss(server.process.pid if server.process else None)
     finally:
         server.stop()
 
     shutil.rmtree(os.path.dirname(a.sqlite_db), ignore_errors=True)
     lite = run(SqliteStore(a.sqlite_db, flush_interval=a.flush_interval), a)
+    print(f"SQLite: {lite['seconds']:.1f} s, {lite['rows']}", file=sys.stderr, flush=True)
     lite_size = sum(
         os.path.getsize(a.sqlite_db + s) for s in ("", "-wal") if os.path.exists(a.sqlite_db + s)
     )
@@ -179,7 +213,7 @@ def main() -> None:
         f"| RSS of the celeriac process after ingest | {pg['rss'] / 1e6:.0f} MB | "
         f"{lite['rss'] / 1e6:.0f} MB |",
         f"| RSS of the PostgreSQL server processes at the end | {pg_server_rss / 1e6:.0f} MB "
-        "(shared buffers counted once per process) | - |",
+        "(shared memory counted in every process that touched it) | - |",
         f"| `latest 100` while ingesting, p50 / p95 ms | {during(pg)} | {during(lite)} |",
         "",
         f"Query latencies over {a.runs} runs each, in-process (no HTTP), reader connection warm:",
@@ -200,11 +234,19 @@ def main() -> None:
         Path(a.out).write_text(text)
 
 
-def _cmdline(p: psutil.Process) -> list[str]:
+def _tree_rss(pid: int | None) -> int:
+    """RSS of a process and its descendants (processes that exit meanwhile count 0)."""
+    if pid is None:
+        return 0
     try:
-        return p.cmdline()
-    except (psutil.Error, OSError):
-        return []
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
 
 
 if __name__ == "__main__":
