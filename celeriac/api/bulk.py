@@ -45,6 +45,10 @@ MAX_CAP = 10_000
 REVOKE_CHUNK = 500
 #: Longest argument repr rebuilt; Celery cuts its reprs far shorter (1024 characters).
 MAX_REPR = 1_000_000
+#: Celery shortens an args or kwargs repr to about 1024 characters (``argsrepr_maxsize``),
+#: cutting long strings inside their quotes: ``'xxxx...'`` still parses, as the wrong value.
+#: A repr this long with ``...`` in it is taken as cut short and never re-sent.
+CUT_AT = 1000
 
 
 def literal(value: Any) -> tuple[bool, Any]:
@@ -53,7 +57,7 @@ def literal(value: Any) -> tuple[bool, Any]:
         return True, None
     if not isinstance(value, str):
         return True, value
-    if len(value) > MAX_REPR:
+    if len(value) > MAX_REPR or (len(value) >= CUT_AT and "..." in value):
         return False, None
     try:
         return True, ast.literal_eval(value)
@@ -94,7 +98,8 @@ def routing(rec: TaskRecord) -> dict[str, str]:
 def _why_not(rec: TaskRecord) -> str:
     if not rec.get("name"):
         return "the task's name is not known"
-    return "its args or kwargs are not Python literals (an object's repr, or cut short)"
+    return ("its args or kwargs are not Python literals (an object's repr), or Celery cut "
+            "their repr short")
 
 
 def _item(rec: TaskRecord, outcome: str, **extra: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -107,7 +108,7 @@ def test_bulk_rerun_dry_run_then_really_runs_the_failed_tasks(monitor: MonitorPr
     wait_for(lambda: len(listed(monitor, search=marker)) == 6, 10, 0.1, "all six stored")
 
 
-def test_bulk_rerun_keeps_the_queue_and_reports_arguments_it_cannot_rebuild(
+def test_bulk_rerun_keeps_the_queue_and_purge_empties_it(
     monitor: MonitorProcess, broker: BrokerInfo, w1: CeleryWorker
 ) -> None:
     marker = f"queued-{time.monotonic_ns()}"
@@ -128,6 +129,30 @@ def test_bulk_rerun_keeps_the_queue_and_reports_arguments_it_cannot_rebuild(
     assert queue_lengths(broker.app, [QUEUE])[QUEUE] == 0
     time.sleep(1)
     assert wait_state(monitor, new, "PENDING")["started"] is None  # never ran: it was purged
+
+
+def test_bulk_rerun_reports_arguments_it_cannot_rebuild(
+    monitor: MonitorProcess, broker: BrokerInfo
+) -> None:
+    marker = f"norebuild-{time.monotonic_ns()}"
+    # Sent from Python: the events carry reprs that are not literals (a datetime), or cut
+    # short (Celery shortens long reprs), next to one that is fine.
+    odd = broker.tasks.echo.delay({"at": datetime(2026, 1, 2), "m": marker}).id
+    long = broker.tasks.echo.delay([marker, "x" * 5000]).id
+    fine = broker.tasks.echo.delay([marker, 1]).id
+    for t in (odd, long, fine):
+        wait_state(monitor, t, "SUCCESS")
+    wait_for(lambda: len(listed(monitor, search=marker)) == 3, 10, 0.1, "the tasks stored")
+    r = monitor.client.post("/api/celeriac/tasks/rerun",
+                            params={"search": marker, "dry_run": "false"})
+    assert r.status_code == 200, r.text
+    by_uuid = {t["uuid"]: t for t in r.json()["tasks"]}
+    assert by_uuid[odd]["outcome"] == by_uuid[long]["outcome"] == "error"
+    assert "not Python literals" in by_uuid[odd]["reason"]
+    assert by_uuid[fine]["outcome"] == "ok"
+    again = wait_state(monitor, by_uuid[fine]["task-id"], "SUCCESS")
+    assert marker in again["result"]
+    assert r.json()["summary"] == {"ok": 1, "skipped": 0, "error": 2}
 
 
 def test_bulk_revoke_really_revokes_a_queued_task(monitor: MonitorProcess) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+from celery.utils.saferepr import saferepr
+
 from celeriac.api.bulk import rerun_payload
 from celeriac.web.hub import Tick, row
 from celeriac.web.markup import esc, fmt_duration, fmt_time, json_script
@@ -34,6 +36,12 @@ def test_rerun_payload_rebuilds_literal_arguments() -> None:
     assert rerun_payload({"name": "t", "args": "(<Thing 1>,)", "kwargs": "{}"}) is None
     assert rerun_payload({"name": "t", "args": "(1, 2, 3, ...", "kwargs": "{}"}) is None
     assert rerun_payload({"name": None, "args": "()", "kwargs": "{}"}) is None
+    # Celery cuts a long string inside its quotes: it parses, but is not the value sent.
+    cut = saferepr((["m", "x" * 5000],), 1024)
+    assert rerun_payload({"name": "t", "args": cut, "kwargs": "{}"}) is None
+    whole = saferepr((["m", "x" * 500],), 1024)
+    assert rerun_payload({"name": "t", "args": whole, "kwargs": "{}"}) == {
+        "args": [["m", "x" * 500]], "kwargs": {}}
 
 
 def test_formatting() -> None:
