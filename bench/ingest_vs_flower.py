@@ -36,7 +36,7 @@ def loadavg() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def run(argv: list[str], out: Path, label: str) -> dict[str, Any]:
+def run(argv: list[str], out: Path, label: str, records: list[dict[str, Any]]) -> None:
     json_path = out / f"{label}.json"
     started, load_before = time.time(), loadavg()
     print(f"== {label}: load {load_before}\n   {' '.join(argv)}", flush=True)
@@ -52,7 +52,8 @@ def run(argv: list[str], out: Path, label: str) -> dict[str, Any]:
     }
     print(f"   rc={done.returncode} load after {record['load_after']} "
           f"({record['seconds']} s)", flush=True)
-    return record
+    records.append(record)
+    (out / "runs.json").write_text(json.dumps(records, indent=1))  # as we go: partial is fine
 
 
 def _median(xs: list[float | None]) -> float | None:
@@ -70,7 +71,8 @@ def _fmt(x: float | None, digits: int = 0) -> str:
 def summarize(out: Path) -> str:
     """Markdown tables of every run in ``out``: each round, then medians and ratios."""
     lines: list[str] = []
-    runs = {r["label"]: r for r in json.loads((out / "runs.json").read_text())}
+    listed = out / "runs.json"
+    runs = {r["label"]: r for r in json.loads(listed.read_text())} if listed.exists() else {}
     for path in sorted(out.glob("ingest-*.json")):
         data = json.loads(path.read_text())
         meta = runs.get(path.stem, {})
@@ -86,9 +88,11 @@ def summarize(out: Path) -> str:
             ev = r["gen"].get("events") or 0
             cpu = r.get("cpu_s_ingest")
             hold = r.get("hold", {})
-            valid = "LOSSY" if r.get("lossy") else "ok"
-            rate = r.get("ingest_events_per_s")
-            per_event = cpu / ev * 1e6 if cpu is not None and ev else None
+            # A lossy run's rate and CPU per event count events it never had: not valid.
+            lossy = bool(r.get("lossy")) or r.get("ingest_events_per_s") is None
+            valid = "LOSSY" if lossy else "ok"
+            rate = None if lossy else r.get("ingest_events_per_s")
+            per_event = cpu / ev * 1e6 if cpu is not None and ev and not lossy else None
             lines.append(
                 f"| {r['label']} ({r['round']}) | {_fmt(r['gen'].get('publish_events_per_s'))} "
                 f"| {_fmt(rate)} | {_fmt(cpu, 1)} | {_fmt(per_event, 1)} "
@@ -173,7 +177,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="celeriac-bench-brokers-"))
     brokers: dict[str, str] = {}
     redis = rabbit = None
-    records = []
+    records: list[dict[str, Any]] = []
     try:
         kinds = a.brokers.split(",")
         if "redis" in kinds:
@@ -185,25 +189,24 @@ def main() -> None:
             brokers["amqp"] = rabbit.new_url("bench")
         for kind, url in brokers.items():
             for k in ks:
-                records.append(run(
+                run(
                     [a.python, "ingest.py", "--broker", url, "--cmd", "flower", "--vs", celeriac,
                      "--shell", "--labels", "flower,celeriac", "-k", str(k),
                      "--rounds", str(a.rounds), "--port", str(a.port)],
-                    out, f"ingest-{kind}-k{k}",
-                ))
+                    out, f"ingest-{kind}-k{k}", records,
+                )
             if not a.skip_realworkers:
                 # realworkers.py has no --shell: one run of each, so a fixed fresh file will do
                 rw = CELERIAC.replace("exec ", "").replace(
                     '"$(mktemp -u %s/celeriac-XXXXXX.sqlite3)"', f"{dbs}/realworkers-{kind}.db"
                 )
-                records.append(run(
+                run(
                     [a.python, "realworkers.py", "--broker", url, "--cmd", "flower",
                      "--vs", rw, "--labels", "flower,celeriac", "-n", str(a.n),
                      "--port", str(a.port + 1)],
-                    out, f"realworkers-{kind}",
-                ))
+                    out, f"realworkers-{kind}", records,
+                )
     finally:
-        (out / "runs.json").write_text(json.dumps(records, indent=1))
         if redis is not None:
             redis.stop()
         if rabbit is not None:
