@@ -86,6 +86,8 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-wait", "--max_wait", "max_wait",
                      help="The longest apply and result?timeout wait for a result (30s, 5m) "
                           "[5m]; longer timeouts are cut to it."),
+        click.option("--bulk-max", "bulk_max", type=int,
+                     help="The most tasks one bulk re-run or revoke acts on [1000]."),
         click.option("--event-queue", "--event_queue", "event_queue",
                      help="RabbitMQ: a stable event queue name, kept across restarts."),
         click.option("--alerts", metavar="FILE",

@@ -203,6 +203,7 @@ class Settings:
     db: str | None = None  # SQLite path, ":memory:" for no persistence; None = the default file
     max_age: float | None = None  # seconds; finished tasks older than this are pruned
     max_wait: float = 300.0  # seconds: the longest a request waits for a task's result
+    bulk_max: int = 1000  # the most tasks one bulk re-run or revoke acts on (its ``cap``)
     log_level: str = "info"
     alerts: str | None = None  # the alert rules file (TOML, celeriac/alerts/rules.py)
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -248,6 +249,8 @@ class Settings:
             raise SettingsError("purge_offline_workers: must be zero or more seconds")
         if not 0 < self.max_wait < float("inf"):
             raise SettingsError("max_wait: must be a positive duration")
+        if not 1 <= self.bulk_max <= 1_000_000:
+            raise SettingsError("bulk_max: must be between 1 and 1000000")
         self._validate_credentials()
         self._validate_oidc()
         if self.keyfile and not self.certfile:
@@ -362,6 +365,7 @@ def _convert(name: str, raw: str) -> Any:
         "purge_offline_workers": float,
         "max_age": parse_duration,
         "max_wait": parse_duration,
+        "bulk_max": int,
         "unauthenticated_api": lambda v: parse_bool(v, name),
         "metrics_public": lambda v: parse_bool(v, name),
         "basic_auth": parse_basic_auth,

@@ -5,8 +5,8 @@
 
 - ``dry_run`` (default **true**: nothing is sent unless ``dry_run=false`` is given), so a script
   that forgets it only gets the list of what would happen;
-- ``cap`` (default :data:`DEFAULT_CAP`, at most :data:`MAX_CAP`): the newest ``cap`` matching
-  tasks are acted on; ``more`` in the reply says whether others matched too.
+- ``cap`` (default and most: ``--bulk-max``, 1000 unless configured): the newest ``cap``
+  matching tasks are acted on; ``more`` in the reply says whether others matched too.
 
 The reply reports every task: ``outcome`` is ``ok`` (done, or would be in a dry run),
 ``skipped`` (revoking a task that already finished) or ``error`` with a ``reason`` (arguments
@@ -39,8 +39,6 @@ from celeriac.constants import FINAL_STATES
 from celeriac.store.aggregates import store_matching
 from celeriac.store.base import TaskRecord
 
-DEFAULT_CAP = 1000
-MAX_CAP = 10_000
 #: Task ids per revoke broadcast: one message per chunk, whatever the number of tasks.
 REVOKE_CHUNK = 500
 #: Longest argument repr rebuilt; Celery cuts its reprs far shorter (1024 characters).
@@ -110,10 +108,11 @@ def _item(rec: TaskRecord, outcome: str, **extra: Any) -> dict[str, Any]:
 async def _matching(request: Request) -> tuple[int, bool, dict[str, str], list[TaskRecord]]:
     args = await arguments(request)
     q = parse_task_query(args)
-    cap = get_int(args, "cap", DEFAULT_CAP)
+    most: int = request.app.state.settings.bulk_max
+    cap = get_int(args, "cap", most)
     assert cap is not None
-    if not 1 <= cap <= MAX_CAP:
-        raise APIError(400, f"cap must be between 1 and {MAX_CAP}")
+    if not 1 <= cap <= most:
+        raise APIError(400, f"cap must be between 1 and {most} (--bulk-max)")
     dry_run = get_bool(args, "dry_run", True)
     q = replace(q, limit=None, offset=0, sort_by=None, descending=False)
 

@@ -187,7 +187,9 @@ _BULK_PARAMS = [
     {"name": "dry_run", "in": "query", "required": False,
      "description": "true (the default) only lists what would be done",
      "schema": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]}},
-    _param("cap", "integer", minimum=1, maximum=10_000),
+    {"name": "cap", "in": "query", "required": False,
+     "description": "act on the newest this many (default and most: --bulk-max, 1000)",
+     "schema": {"type": "integer", "minimum": 1}},
 ]
 _WINDOW = _param("window", enum=["15m", "1h", "24h"])
 

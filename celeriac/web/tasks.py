@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from celeriac.api.bulk import DEFAULT_CAP, MAX_CAP, rerun_payload, routing
+from celeriac.api.bulk import rerun_payload, routing
 from celeriac.api.tasks import cluster_of
 from celeriac.cluster import Cluster
 from celeriac.constants import ALL_STATES, FINAL_STATES, TASK_EVENT_STATES
@@ -76,6 +76,7 @@ async def tasks_page(request: Request) -> Response:
         for c, label in columns
     )
     api = esc(request.app.state.settings.prefix)
+    bulk_max = int(request.app.state.settings.bulk_max)
     body = f"""
 <div class="title"><h1>Tasks</h1><span id="task-status" class="muted"></span>
 <details class="columns"><summary>Columns</summary><div id="columns">{picks}</div></details>
@@ -91,8 +92,8 @@ async def tasks_page(request: Request) -> Response:
 <button id="bulk-revoke" type="button" data-action="revoke" class="danger">Revoke all
 matching…</button>
 <label class="small"><input type="checkbox" id="bulk-terminate"> and terminate running</label>
-<label class="small">at most <input type="number" id="bulk-cap" value="{DEFAULT_CAP}" min="1"
- max="{MAX_CAP}"></label>
+<label class="small">at most <input type="number" id="bulk-cap" value="{bulk_max}" min="1"
+ max="{bulk_max}"></label>
 </div>
 <section id="bulk" class="controls" hidden>
 <p id="bulk-summary"></p>

@@ -267,17 +267,21 @@ def test_purge_needs_a_known_queue(monitor: MonitorProcess) -> None:
     assert r.status_code == 200 and r.json()["purged"] == 0
 
 
-def test_read_only_users_cannot_act_but_can_export(
+def test_read_only_users_cannot_act_but_can_export_and_the_cap_is_configured(
     broker: BrokerInfo, celeriac_server: MonitorFactory
 ) -> None:
-    m = celeriac_server(broker, "--basic-auth", "ann:pw1", "--basic-auth-read-only", "bob:pw2")
+    m = celeriac_server(broker, "--basic-auth", "ann:pw1", "--basic-auth-read-only", "bob:pw2",
+                        env={"CELERIAC_BULK_MAX": "2"})
     bob, ann = httpx.BasicAuth("bob", "pw2"), httpx.BasicAuth("ann", "pw1")
     for path in ("/api/celeriac/tasks/rerun", "/api/celeriac/tasks/revoke",
                  "/api/celeriac/queues/celery/purge"):
         r = m.client.post(path, params={"dry_run": "false"}, auth=bob)
         assert r.status_code == 403, path
         assert m.client.post(path, auth=httpx.BasicAuth("x", "y")).status_code == 401
-    assert m.client.post("/api/celeriac/tasks/rerun", auth=ann).status_code == 200
+    reply = m.client.post("/api/celeriac/tasks/rerun", auth=ann)
+    assert reply.status_code == 200 and reply.json()["cap"] == 2  # --bulk-max
+    over = m.client.post("/api/celeriac/tasks/rerun", params={"cap": "3"}, auth=ann)
+    assert over.status_code == 400 and "--bulk-max" in over.text
     for path in ("/api/celeriac/tasks/export", "/api/celeriac/failures",
                  "/api/celeriac/stats/throughput", "/api/celeriac/stats/task-types"):
         assert m.client.get(path, auth=bob).status_code == 200, path
