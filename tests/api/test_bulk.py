@@ -179,6 +179,22 @@ def test_bulk_revoke_really_revokes_a_queued_task(monitor: MonitorProcess) -> No
     assert again["summary"] == {"ok": 0, "skipped": 2, "error": 0}  # already finished
 
 
+def test_bulk_revoke_with_terminate_stops_a_running_task(monitor: MonitorProcess) -> None:
+    running = send(monitor, "tests.sleep", 30)
+    started = wait_state(monitor, running, "STARTED")
+    filters = {"taskname": "tests.sleep", "state": "STARTED"}
+    wait_for(lambda: list(listed(monitor, **filters)) == [running], 10, 0.1,
+             "the running task stored")
+    r = monitor.client.post("/api/celeriac/tasks/revoke",
+                            params={**filters, "terminate": "true", "dry_run": "false"})
+    assert r.status_code == 200 and r.json()["terminate"] is True
+    assert [t["uuid"] for t in r.json()["tasks"]] == [running]
+    info = wait_state(monitor, running, "REVOKED", timeout=15)
+    assert info["succeeded"] is None and info["started"] == started["started"]
+    # The worker lives on and takes the next task at once.
+    wait_state(monitor, send(monitor, "tests.add", 1, 1), "SUCCESS", timeout=15)
+
+
 def test_bulk_actions_check_their_arguments_and_cap(monitor: MonitorProcess) -> None:
     post = monitor.client.post
     assert post("/api/celeriac/tasks/rerun", params={"cap": "0"}).status_code == 400
@@ -207,6 +223,7 @@ def test_export_streams_the_filtered_rows(monitor: MonitorProcess) -> None:
     r = monitor.client.get("/api/celeriac/tasks/export",
                            params={"format": "csv", "search": marker})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert "content-length" not in r.headers  # streamed, page by page
     assert "attachment" in r.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert sorted(row["uuid"] for row in rows) == sorted(ids)
