@@ -187,3 +187,18 @@ def test_history_and_task_type_charts_draw_the_stored_tasks(ui: UI, page: Any) -
     assert card.locator("svg.chart.lines").nth(1).locator(".p50, .p90, .p99").count() >= 3
     assert "runtime p50" in card.inner_text()
     assert page.locator('.type-card[data-type="tests.fail"] .fail').count() >= 1
+
+
+def test_the_dashboard_history_follows_the_store(ui: UI, page: Any) -> None:
+    page.goto(ui.url + "/?window=15m")
+    legend = page.locator("#history .legend").first
+    before = int(legend.inner_text().split("succeeded ")[1].split()[0])
+    for i in range(2):
+        ui.wait_state(ui.send("tests.add", i, 2), "SUCCESS")
+    # Redrawn from the store every 15 s, without a reload.
+    page.evaluate("window.__same_document = true")
+    page.wait_for_function(
+        "n => Number(document.querySelector('#history .legend').textContent"
+        ".split('succeeded ')[1].split(' ')[0]) >= n", arg=before + 2, timeout=40_000)
+    assert page.evaluate("window.__same_document") is True
+    assert page.locator("#history").get_attribute("data-window") == "15m"
