@@ -100,8 +100,12 @@ def leadership_for(cluster: Cluster) -> Leadership | None:
         started = True
         cluster.source.start()
 
-    def deposed() -> None:
+    def deposed(graceful: bool) -> None:
         cluster.source.close()
+        if graceful:  # still holding the lock: write what was ingested before letting go
+            store.flush(timeout=30)
+        # Else another instance may lead already, and writing older versions of its tasks
+        # would undo its work: what was not written is dropped (and logged by the store).
         store.set_writing(False)
 
     def follow() -> None:
@@ -126,15 +130,16 @@ def lock_key(identity: str) -> int:
 
 class Leadership:
     """Contends for the lock on a thread of its own; calls ``on_elected`` when it gets it and
-    ``on_deposed`` when it loses it (connection lost) or at :meth:`close` while leading. Both
-    run on that thread, one at a time; ``on_follow`` runs every ``interval`` while following."""
+    ``on_deposed(graceful)`` when it loses it (connection lost: False) or at :meth:`close`
+    while leading (True: the lock is released only after it returns). Both run on that
+    thread, one at a time; ``on_follow`` runs every ``interval`` while following."""
 
     def __init__(
         self,
         url: str,
         identity: str,
         on_elected: Callable[[], None],
-        on_deposed: Callable[[], None],
+        on_deposed: Callable[[bool], None],
         on_follow: Callable[[], None] | None = None,
         interval: float = 1.0,
     ) -> None:
@@ -167,7 +172,7 @@ class Leadership:
         if self._thread is not None:
             self._thread.join()
         if self.leading:
-            self._depose("stopping")
+            self._depose("stopping", graceful=True)
         self._drop()
 
     def _run(self) -> None:
@@ -183,7 +188,7 @@ class Leadership:
                 reason = scrub(lines[0] if lines else type(exc).__name__, self._url)
                 self._drop()
                 if self.leading:
-                    self._depose(f"lost the database connection ({reason})")
+                    self._depose(f"lost the database connection ({reason})", graceful=False)
             except Exception:  # a callback failed: never let the thread die
                 log.exception("leader election for %s", self.identity)
             self._stop.wait(self.interval)
@@ -213,11 +218,11 @@ class Leadership:
         elif self._on_follow is not None:
             self._on_follow()
 
-    def _depose(self, why: str) -> None:
+    def _depose(self, why: str, graceful: bool) -> None:
         self.leading = False
         self.since = time.time()
         log.warning("no longer leader for %s (%s): ingest stopped", self.identity, why)
-        self._on_deposed()
+        self._on_deposed(graceful)
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

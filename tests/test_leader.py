@@ -17,8 +17,12 @@ import httpx
 import psycopg
 import pytest
 
+from celeriac.cluster import Cluster
 from celeriac.leader import FOLLOWER, LEADER, Leadership, is_database_url, lock_key
+from celeriac.settings import Settings
+from celeriac.store.postgres import PostgresStore
 from tests.fixtures import wait_for
+from tests.store.test_sqlite import make
 
 
 def test_lock_key_is_stable_and_signed_64_bit():
@@ -35,7 +39,8 @@ class Candidate:
         self.follows = 0
         self.leadership = Leadership(
             url, identity, lambda: self.events.append("elected"),
-            lambda: self.events.append("deposed"), self._follow, interval=0.1,
+            lambda graceful: self.events.append("left" if graceful else "deposed"),
+            self._follow, interval=0.1,
         )  # fmt: skip
 
     def _follow(self) -> None:
@@ -55,7 +60,7 @@ def test_one_leader_and_a_takeover_when_it_goes(postgres_url):
     other.leadership.close()
 
     a.leadership.close()  # releases the lock
-    assert a.events == ["elected", "deposed"]
+    assert a.events == ["elected", "left"]
     wait_for(lambda: b.leadership.leading, 5, message="b to take over")
     assert b.leadership.role == LEADER and b.events == ["elected"]
     b.leadership.close()
@@ -161,7 +166,15 @@ def test_two_instances_on_one_database_both_show_every_task(shared, redis_broker
         assert password not in follower.client.get("/api/celeriac/status").text
 
 
-def test_sigkill_the_leader_mid_stream_and_the_follower_takes_over(shared, redis_broker):
+def written(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM tasks").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_sigkill_the_leader_mid_stream_and_the_follower_takes_over(
+    shared, redis_broker, postgres_url
+):
     leader, follower = shared
     stop = threading.Event()
     before: list[str] = []
@@ -174,7 +187,7 @@ def test_sigkill_the_leader_mid_stream_and_the_follower_takes_over(shared, redis
     sender = threading.Thread(target=stream)
     sender.start()
     try:
-        wait_for(lambda: len(task_states(leader)) >= 30, 20, message="the stream to flow")
+        wait_for(lambda: written(postgres_url) >= 30, 20, message="the stream to be written")
         leader.process.send_signal(signal.SIGKILL)
         # About a second (one election round) on a quiet machine; the bound is generous.
         wait_for(lambda: role(follower) == LEADER, 20, message="the follower to take over")
@@ -202,3 +215,43 @@ def test_a_database_that_cannot_be_used_is_one_line_without_the_password(
     text = monitor.log_text()
     assert "s3cret-wrong" not in text and "password authentication failed" in text
     assert "Traceback" not in text
+
+
+def test_a_leader_stopped_with_sigterm_writes_what_it_ingested_before_letting_go(
+    shared, redis_broker
+):
+    leader, follower = shared
+    sent = [redis_broker.tasks.add.delay(i, 2) for i in range(30)]
+    assert [r.get(timeout=20) for r in sent] == [i + 2 for i in range(30)]
+    ids = [r.id for r in sent]
+    # Shown by the leader, written or not yet (the last flush interval's are not): stop it.
+    wait_for(lambda: all_done(leader, ids), 20, 0.01, "the leader to show them")
+    leader.process.send_signal(signal.SIGTERM)
+    assert leader.process.proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises
+    wait_for(lambda: role(follower) == LEADER, 20, message="the follower to take over")
+    assert all_done(follower, ids)  # every one was written before the lock was let go
+    assert "unwritten tasks dropped" not in leader.log_text()
+
+
+def test_a_leader_that_stops_writes_everything_before_letting_go(redis_broker, postgres_url):
+    # In-process, with a flush interval that never elapses: only the hand-over can write.
+    leader = Cluster(Settings(broker=redis_broker.url, db=postgres_url))
+    follower = Cluster(Settings(broker=redis_broker.url, db=postgres_url))
+    store = leader.store
+    assert isinstance(store, PostgresStore)
+    store.flush_interval = 3600
+    leader.start()
+    try:
+        wait_for(lambda: leader.role == LEADER, 10, message="the leader")
+        follower.start()
+        wait_for(lambda: follower.role == FOLLOWER, 10, message="the follower")
+        for i in range(50):
+            store.put(make(i, state="SUCCESS"))
+        assert follower.store.count() == 0  # nothing written yet
+    finally:
+        leader.close()
+    try:
+        assert follower.store.count() == 50
+        wait_for(lambda: follower.role == LEADER, 10, message="the follower to take over")
+    finally:
+        follower.close()

@@ -318,8 +318,11 @@ class PostgresStore:
         self._writing = writing
         if not writing:
             with self._lock:
+                dropped = len(self._pending)
                 self._pending.clear()
                 self._pending_workers.clear()
+            if dropped:
+                log.warning("%d unwritten tasks dropped: another instance writes now", dropped)
         self._wake.set()
 
     @property
