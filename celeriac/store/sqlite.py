@@ -4,7 +4,11 @@ Why this shape: ``put`` runs on the ingest thread for every event, and a slow di
 make the event reader fall behind the broker. So ``put`` only files the live record under its
 uuid in a pending dict (the events of one task coalesce there), and one writer thread swaps that
 dict every ``flush_interval`` and writes the batch in one ``BEGIN IMMEDIATE`` transaction.
-Readers use their own connection per thread; WAL lets them read while the writer writes.
+Readers use their own connection per thread; WAL lets them read while the writer writes, and
+queries merge in the few tasks not written yet, so a task is listed as soon as it is seen.
+When the writer falls far behind (a burst, a slow disk), ``put`` waits for it to take the
+batch once ``max_pending`` tasks wait: memory stays bounded, and the event reader's own
+backlog absorbs the burst.
 
 The writer runs few, large statements (many rows each) rather than ``executemany``: every
 statement step releases the GIL, and getting it back from a busy ingest thread can take a whole
@@ -170,7 +174,8 @@ class SqliteStore:
 
     ``max_tasks`` and ``max_age`` (seconds since a task's last event) bound the history: the
     writer deletes the oldest finished tasks beyond them, a few hundred per transaction, between
-    flushes. Unfinished tasks are never pruned. ``migrations`` is for tests of upgrades.
+    flushes. Unfinished tasks are never pruned. ``max_pending`` bounds the tasks waiting for
+    the writer (see the module docstring). ``migrations`` is for tests of upgrades.
     """
 
     def __init__(
