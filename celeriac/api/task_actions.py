@@ -13,6 +13,8 @@ from celery.result import AsyncResult
 from kombu.compression import get_encoder
 from kombu.exceptions import OperationalError
 from kombu.serialization import registry
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -103,14 +105,20 @@ def _datetime(value: Any) -> datetime:
     return datetime.fromisoformat(value)
 
 
+#: What a broker or result backend that cannot be reached raises (Celery's Redis backend
+#: subscribes to the result channel when a task is sent, so its errors show here too).
+_UNREACHABLE = (OperationalError, OSError, RedisConnectionError, RedisTimeoutError)
+
+
 async def _publish(cluster: Cluster, send: Callable[..., AsyncResult], *args: Any,
                    **options: Any) -> AsyncResult:
     """Publish a task. apply_async takes any option a client sends; the ones Celery or kombu
     cannot use (an unknown serializer, a countdown past the year 9999, a header that is not a
-    mapping...) are the client's mistake, a 400. A broker that cannot be reached is a 503."""
+    mapping...) are the client's mistake, a 400. A broker (or backend) that cannot be reached
+    is a 503."""
     try:
         return await cluster.control.run(send, *args, **options)
-    except (OperationalError, OSError) as exc:
+    except _UNREACHABLE as exc:
         log.warning("publishing failed: %s: %s", type(exc).__name__, exc)
         raise APIError(503, "The broker is unavailable") from None
     except Exception as exc:

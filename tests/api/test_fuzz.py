@@ -216,3 +216,25 @@ def test_a_pool_step_is_bounded(monitor: MonitorProcess, worker: CeleryWorker) -
         r = monitor.client.post(f"/api/worker/pool/grow/{worker.hostname}", params={"n": n})
         assert r.status_code == 400 and "at most 1000" in r.text, r.text
     assert processes() == before
+
+
+def test_a_broker_that_is_gone_is_a_503_not_a_400() -> None:
+    """Publishing to a broker nobody listens on: the client did nothing wrong."""
+    import asyncio
+
+    from celeriac.server import create_app
+    from celeriac.settings import Settings
+
+    app = create_app(Settings(broker="redis://127.0.0.1:1/0", unauthenticated_api=True,
+                              db=":memory:"))
+    app.state.cluster.app.conf.broker_transport_options = {"max_retries": 0}
+    app.state.cluster.app.conf.task_publish_retry = False
+
+    async def send() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://t", timeout=60) as c:
+            return await c.post("/api/task/send-task/tests.add", json={"args": [1, 2]})
+
+    r = asyncio.run(send())
+    assert r.status_code == 503, r.text
+    assert r.text == "The broker is unavailable"
