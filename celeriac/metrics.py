@@ -64,6 +64,8 @@ QUEUE_TIMEOUT = 3.0
 STATE_SCAN_LIMIT = 200_000
 
 _PREFETCH_DROPPED = frozenset({"task-revoked", "task-rejected"})
+#: No runtime or wait is longer than a year: larger values come from broken clocks or events.
+_LONGEST = 365 * 86400.0
 
 
 def _observe(histogram: list[float], buckets: Sequence[float], value: float) -> None:
@@ -138,16 +140,19 @@ class EventTally:
                 return
             since = rec.get("sent") or received
             if since is not None and not rec.get("eta"):
-                h = self.wait.get(name)
-                if h is None:
-                    h = self.wait[name] = [0.0] * (len(WAIT_BUCKETS) + 2)
-                _observe(h, WAIT_BUCKETS, max(started - since, 0.0))
+                waited = started - since
+                if waited == waited:  # not NaN: one bad timestamp must not poison the sum
+                    h = self.wait.get(name)
+                    if h is None:
+                        h = self.wait[name] = [0.0] * (len(WAIT_BUCKETS) + 2)
+                    _observe(h, WAIT_BUCKETS, min(max(waited, 0.0), _LONGEST))
             if prefetch:
                 self.prefetch_time[pair] = max(started - received, 0.0)
                 self.prefetched[pair] = self.prefetched.get(pair, 0) - 1
         elif kind == "task-succeeded":
             runtime = ev.get("runtime")
-            if runtime.__class__ is float or runtime.__class__ is int:
+            if (runtime.__class__ is float or runtime.__class__ is int) and (
+                    0 <= runtime <= _LONGEST):  # NaN, negative or absurd: not observed
                 h = self.runtime.get(pair)
                 if h is None:
                     h = self.runtime[pair] = [0.0] * (len(RUNTIME_BUCKETS) + 2)
@@ -174,7 +179,9 @@ class EventTally:
                 table.pop(key, None)  # type: ignore[arg-type]
         self.worker_hosts -= gone
         self.hosts -= gone
-        self.pairs = {p for p in self.pairs if p[0] not in gone}
+        # Copies first (atomic under the GIL): the ingest thread may be adding meanwhile.
+        for pair in [p for p in list(self.pairs) if p[0] in gone]:
+            self.pairs.discard(pair)
 
 
 def _histogram(counts: list[float], buckets: Sequence[float]) -> tuple[list[tuple[str, float]],
