@@ -67,6 +67,8 @@ _NAMES_TTL = 2.0  # seconds a follower trusts its copy of task_names
 #: Most tasks put but not written yet that a query or count merges in; beyond that the writer
 #: is far behind (a burst), and answers show what is written until it catches up.
 OVERLAY_MAX = 2000
+#: Longest a put waits for the writer to take a full batch (then it files and goes on).
+THROTTLE_WAIT = 2.0
 
 Row = tuple[Any, ...]
 
@@ -205,7 +207,9 @@ class PostgresStore:
 
     ``max_tasks`` and ``max_age`` (seconds since a task's last event) bound the history: the
     writer deletes the oldest finished tasks beyond them, a few hundred per transaction, between
-    flushes. ``migrations`` is for tests of upgrades.
+    flushes. ``max_pending`` bounds the tasks waiting for the writer: a put waits (up to
+    THROTTLE_WAIT) for the writer to take a batch that big. ``migrations`` is for tests of
+    upgrades.
     """
 
     def __init__(
@@ -217,8 +221,10 @@ class PostgresStore:
         *,
         readers: int = 8,
         migrations: Sequence[Migration] = MIGRATIONS,
+        max_pending: int = 5_000,
     ) -> None:
         self._url = url
+        self.max_pending = max_pending
         self.path = redact_url(url)  # where the history lives, for logs: no password
         self.where = f"task database {self.path}"
         self.max_tasks = max_tasks
@@ -231,6 +237,8 @@ class PostgresStore:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._cycled = threading.Condition()
+        self._taken = threading.Condition(self._lock)  # the writer took the pending batch
+        self._throttled = 0
         self._thread: threading.Thread | None = None
         self._closed = False
         self._writing = True
@@ -353,10 +361,28 @@ class PostgresStore:
             return
         with self._lock:
             self._pending[uuid] = record
+            if len(self._pending) >= self.max_pending and self._keeping_up():
+                # The writer is far behind (a burst, a slow database): wait for it to take
+                # the batch rather than grow without bound, as the SQLite store does. The
+                # reader's own backlog absorbs the burst meanwhile; nothing is dropped.
+                self._throttled += 1
+                self._wake.set()
+                self._taken.wait(THROTTLE_WAIT)
             name = record.get("name")
             # Only text is a name: an event may carry anything (a list, a number) there.
             if name and type(name) is str and name not in self._names:
                 self._names = self._names | {name}
+
+    def _keeping_up(self) -> bool:
+        """Whether a writer thread is taking batches (not stopped, not failing to write)."""
+        thread = self._thread
+        return (
+            thread is not None
+            and thread.is_alive()
+            and thread is not threading.current_thread()
+            and not self._failing
+            and not self._closed
+        )
 
     def put_worker(self, hostname: str, info: dict[str, Any]) -> None:
         """Keep a worker's last known state (written with the next flush, as JSON)."""
@@ -398,6 +424,7 @@ class PostgresStore:
             batch, workers = self._pending, self._pending_workers
             self._inflight = batch
             self._pending, self._pending_workers = {}, {}
+            self._taken.notify_all()
         started = time.perf_counter()
         try:
             rows = [_snapshot(record) for record in batch.values()]
@@ -559,6 +586,27 @@ class PostgresStore:
         record = _record(row[:-1])
         record["children"] = self._with_pending_children(uuid, list(row[-1]))
         return record
+
+    def get_many(self, uuids: Sequence[str]) -> dict[str, TaskRecord]:
+        """The tasks among ``uuids`` that were put, without ``children``: the state's lookup
+        for a whole batch of events, in one round trip instead of one per new task."""
+        found: dict[str, TaskRecord] = {}
+        rest: list[str] = []
+        for uuid in uuids:
+            live = self._pending.get(uuid) or self._inflight.get(uuid)
+            if live is not None:
+                found[uuid] = {f: live.get(f) for f in TASK_FIELDS if f != "children"}
+            else:
+                rest.append(uuid)
+        if rest:
+            with self._reader() as conn:
+                rows = conn.execute(f"{_SELECT} WHERE uuid = ANY(%s)", (rest,)).fetchall()
+            for row in rows:
+                record = _record(row)
+                found[row[0]] = record
+        for record in found.values():
+            record["children"] = []
+        return found
 
     def children(self, uuid: str) -> list[str]:
         """Tasks whose parent_id is ``uuid``, in the order they were first stored."""
@@ -739,6 +787,7 @@ class PostgresStore:
             "pending": len(self._pending.keys() | self._inflight.keys()),  # not written yet
             "tasks": self.count(),
             "written": self._written,
+            "throttled": self._throttled,  # puts that waited for a writer far behind
             "flushes": self._flushes,
             "pruned": self._pruned,
             "last_flush_seconds": self._last_flush_seconds,

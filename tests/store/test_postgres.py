@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from celeriac.constants import ALL_STATES
+from celeriac.state import State
 from celeriac.store.base import StoreError, TaskQuery
 from celeriac.store.pg_migrations import MIGRATIONS, migrate, schema_version
 from celeriac.store.postgres import PostgresStore
@@ -38,6 +39,7 @@ from tests.store.test_sqlite import (
     make,
     reference,
 )
+from tests.test_state import ev, lifecycle, new_id
 
 
 @pytest.fixture
@@ -560,5 +562,52 @@ def test_unwritten_tasks_are_merged_into_every_page(postgres_url, sort):
                     assert [r["uuid"] for r in got] == [r["uuid"] for r in want], q
                     assert got == want
         assert store.count() == 360
+    finally:
+        store.close()
+
+
+def test_a_writer_far_behind_slows_the_puts_down_and_loses_nothing(postgres_url):
+    class Slow(PostgresStore):
+        def _write(self, rows, workers, names):
+            time.sleep(0.05)  # a database much slower than the events
+            super()._write(rows, workers, names)
+
+    store = Slow(postgres_url, flush_interval=0.01, max_pending=100)
+    store.start()
+    most = 0
+    for i in range(2000):
+        store.put(make(i))
+        most = max(most, store.stats()["pending"])
+    assert store.flush(timeout=30)
+    assert most <= 2 * 100  # at most a batch being written and a full one waiting
+    assert store.stats()["throttled"] > 0
+    assert store.count() == 2000
+    store.close()
+
+
+@pytest.mark.parametrize("written", [False, True], ids=["pending", "written"])
+def test_evicted_final_task_is_never_undone(postgres_url, written):
+    """The batched lookup (``get_many``) finds evicted tasks whether or not the writer has
+    written them yet; a late batch mixing them with new tasks undoes nothing."""
+    store = PostgresStore(postgres_url)
+    try:
+        state = State(store, cache_size=2)
+        done = [new_id() for _ in range(5)]
+        for u in done:
+            state.apply(lifecycle(u))
+        if written:
+            store.start()
+            assert store.flush(10)
+        late = [ev("task-received", u, 1, name="tests.late") for u in done]
+        late += [ev("task-started", u, 2) for u in done]
+        fresh = new_id()
+        state.apply([*late, *lifecycle(fresh)])
+        for u in done:
+            rec = state.task(u)
+            assert rec is not None and rec["state"] == "SUCCESS", rec
+            assert rec["result"] == "3" and rec["runtime"] == 0.01  # the stored record, merged
+        assert state.task(fresh)["state"] == "SUCCESS"
+        got = store.get_many([*done, "nope"])
+        assert set(got) == set(done) and all(r["children"] == [] for r in got.values())
     finally:
         store.close()
