@@ -152,7 +152,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--sqlite-db", default="/tmp/celeriac-pg-bench/tasks.db")
     ap.add_argument("--out", default=None, help="markdown results file")
+    ap.add_argument("--http", action="store_true",
+                    help="instead: a real celeriac over HTTP on each store, fed through Redis "
+                         "(bench/store_bench.py's run), PostgreSQL then SQLite")  # fmt: skip
+    ap.add_argument("--backlog", type=int, default=10_000, help="--http: events ahead")
     a = ap.parse_args()
+    if a.http:
+        return http(a)
 
     server = PostgresServer(durable=True).start()
     try:
@@ -228,6 +234,39 @@ def main() -> None:
         )
     lines.append("")
     text = "\n".join(lines)
+    print(text)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text)
+
+
+def http(a: argparse.Namespace) -> None:
+    """store_bench.py's HTTP run on both stores, one after the other, into one file."""
+    workdir = Path("/tmp/celeriac-pg-http-bench")
+    server = PostgresServer(durable=True).start()
+    try:
+        sections = []
+        for db in (server.new_url("http"), None):
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir(parents=True)
+            run = argparse.Namespace(**{**vars(a), "db": db})
+            sections.append(store_bench.run_http(run, workdir))
+            print("\n".join(sections[-1]), file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    text = "\n".join(
+        [
+            "# A real celeriac over HTTP: PostgreSQL and SQLite stores",
+            "",
+            f"Command: `python bench/pg_store_bench.py --http --tasks {a.tasks} --lag {a.lag} "
+            f"--backlog {a.backlog} --runs {a.runs}`: bench/store_bench.py's HTTP run on a "
+            "private PostgreSQL server (durable defaults, shared_buffers 128 MB), then on "
+            "SQLite, one after the other on the same machine.",
+            "",
+            *["#" + line if line.startswith("# ") else line for part in sections for line in part],
+        ]
+    )
     print(text)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

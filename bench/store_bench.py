@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from celeriac.constants import TASK_FIELDS  # noqa: E402
+from celeriac.settings import redact_url  # noqa: E402
 from celeriac.store.base import TaskQuery, TaskRecord  # noqa: E402
 from celeriac.store.sqlite import SqliteStore  # noqa: E402
 
@@ -201,7 +202,7 @@ class Redis:
 
 
 class Celeriac:
-    def __init__(self, broker: str, db: Path, log: Path, extra: list[str]) -> None:
+    def __init__(self, broker: str, db: Path | str, log: Path, extra: list[str]) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")}
         self.log = log.open("w")
@@ -256,7 +257,7 @@ def get_ok(http: httpx.Client, path: str, **params: Any) -> Any:
 
 def run_http(a: argparse.Namespace, workdir: Path) -> list[str]:
     redis = Redis(workdir)
-    db = workdir / "tasks.sqlite3"
+    db: Path | str = a.db or workdir / "tasks.sqlite3"
     monitor = Celeriac(redis.url, db, workdir / "celeriac.log",
                        ["--max-tasks", str(2 * a.tasks)])  # fmt: skip
     load_before = loadavg()
@@ -306,7 +307,7 @@ def run_http(a: argparse.Namespace, workdir: Path) -> list[str]:
     seconds = time.perf_counter() - t0
     status = monitor.status()
     rss_ingest = monitor.rss()
-    size = sum(os.path.getsize(f"{db}{s}") for s in ("", "-wal") if os.path.exists(f"{db}{s}"))
+    size = store_size(db)
 
     http = monitor.http
     rng = random.Random(7)
@@ -354,14 +355,15 @@ def run_http(a: argparse.Namespace, workdir: Path) -> list[str]:
         "# The task history at a million tasks: a real celeriac over HTTP",
         "",
         f"Command: `python bench/store_bench.py --tasks {a.tasks} --lag {a.lag} "
-        f"--backlog {a.backlog} --runs {a.runs}`",
+        f"--backlog {a.backlog} --runs {a.runs}"
+        f"{' --db ' + redact_url(str(a.db)) if a.db else ''}`",
         "",
         f"Machine: {platform.machine()}, {psutil.cpu_count()} CPUs (shared with other "
         f"engineers' test runs), Python {platform.python_version()}, SQLite "
         f"{sqlite3.sqlite_version}. Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
         f" Load average (1, 5, 15 min) before: {load_before}; after: {load_after}.",
         "",
-        "celeriac (SQLite store, the default) read every event from a private redis-server, "
+        f"celeriac ({store_kind(db)} store) read every event from a private redis-server, "
         "published in kombu's exact envelope and paced on what celeriac had applied "
         f"(at most {a.backlog:,} events ahead).",
         "",
@@ -373,7 +375,8 @@ def run_http(a: argparse.Namespace, workdir: Path) -> list[str]:
         f"| tasks held at the end (`/api/celeriac/status`) | {held:,} |",
         f"| rows written (after coalescing) | {stats['written']:,} in {stats['flushes']:,} "
         f"flushes |",
-        f"| database size (file + WAL) | {size / 1e6:,.0f} MB |",
+        f"| database size ({'pg_database_size' if is_url(db) else 'file + WAL'}) | "
+        f"{size / 1e6:,.0f} MB |",
         f"| celeriac RSS: idle / peak during ingest / after ingest / after the queries | "
         f"{rss_idle / 1e6:.0f} / {rss_peak / 1e6:.0f} / {rss_ingest / 1e6:.0f} / "
         f"**{rss_end / 1e6:.0f} MB** |",
@@ -386,6 +389,25 @@ def run_http(a: argparse.Namespace, workdir: Path) -> list[str]:
         *[f"| {label} | {p50:.2f} | {p95:.2f} |" for label, p50, p95 in rows],
         "",
     ]
+
+
+def is_url(db: Path | str) -> bool:
+    return str(db).startswith(("postgresql://", "postgres://"))
+
+
+def store_kind(db: Path | str) -> str:
+    return "PostgreSQL" if is_url(db) else "SQLite, the default"
+
+
+def store_size(db: Path | str) -> int:
+    """Bytes the history takes: the SQLite file and its WAL, or the PostgreSQL database."""
+    if is_url(db):
+        import psycopg
+
+        with psycopg.connect(str(db)) as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        return int(row[0]) if row else 0
+    return sum(os.path.getsize(f"{db}{s}") for s in ("", "-wal") if os.path.exists(f"{db}{s}"))
 
 
 def run_inprocess(a: argparse.Namespace, workdir: Path) -> list[str]:
@@ -455,6 +477,9 @@ def main() -> None:
                          "waiting for the writer)")  # fmt: skip
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--workdir", default="/tmp/celeriac-store-bench")
+    ap.add_argument("--db", default=None,
+                    help="http mode: celeriac's --db, e.g. a postgresql:// URL of an empty "
+                         "database (default: a SQLite file in --workdir)")  # fmt: skip
     ap.add_argument("--out", default=None, help="markdown results file")
     a = ap.parse_args()
     workdir = Path(a.workdir)
