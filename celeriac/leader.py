@@ -156,6 +156,7 @@ class Leadership:
         self.leading = False
         self.since = time.time()  # when the role last changed
         self.elections = 0
+        self._trouble: str | None = None  # the problem last logged
 
     @property
     def role(self) -> str:
@@ -178,20 +179,28 @@ class Leadership:
     def _run(self) -> None:
         import psycopg
 
+        from celeriac.store.postgres import scrub
+
         while not self._stop.is_set():
             try:
                 self._step()
+                self._trouble = None
             except psycopg.Error as exc:
-                from celeriac.store.postgres import scrub
-
                 lines = str(exc).strip().splitlines()
                 reason = scrub(lines[0] if lines else type(exc).__name__, self._url)
                 self._drop()
                 if self.leading:
                     self._depose(f"lost the database connection ({reason})", graceful=False)
-            except Exception:  # a callback failed: never let the thread die
-                log.exception("leader election for %s", self.identity)
+                self._complain(f"cannot reach the database to elect a leader: {reason}")
+            except Exception as exc:  # a callback failed: never let the thread die
+                self._complain(f"{type(exc).__name__}: {scrub(str(exc), self._url)}")
             self._stop.wait(self.interval)
+
+    def _complain(self, message: str) -> None:
+        """Log a problem once, not once per round while it lasts."""
+        if message != self._trouble:
+            self._trouble = message
+            log.warning("leader election for %s: %s", self.identity, message)
 
     def _step(self) -> None:
         import psycopg
@@ -214,7 +223,13 @@ class Leadership:
             self.since = time.time()
             self.elections += 1
             log.info("leader for %s: ingesting events", self.identity)
-            self._on_elected()
+            try:
+                self._on_elected()
+            except Exception:
+                # Not ingesting: let another instance (or this one, next round) try.
+                self._depose("could not start ingesting", graceful=False)
+                self._drop()
+                raise
         elif self._on_follow is not None:
             self._on_follow()
 

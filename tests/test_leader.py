@@ -84,6 +84,24 @@ def test_a_leader_that_loses_its_connection_stops_leading(postgres_url):
     b.leadership.close()
 
 
+def test_an_instance_that_cannot_start_ingesting_lets_another_lead(postgres_url, caplog):
+    def broken() -> None:
+        raise RuntimeError("no broker today")
+
+    sick = Leadership(postgres_url, "redis://localhost:6379/0", broken, lambda g: None,
+                      interval=0.1)  # fmt: skip
+    well = Candidate(postgres_url)
+    with caplog.at_level("WARNING", logger="celeriac"):
+        sick.start()
+        time.sleep(0.5)  # it wins, fails and lets go, round after round
+        well.leadership.start()
+        wait_for(lambda: well.leadership.leading, 10, message="the other to lead")
+        sick.close()
+    well.leadership.close()
+    complaints = [r for r in caplog.records if "no broker today" in r.getMessage()]
+    assert len(complaints) == 1  # logged once, not once per round
+
+
 # Real processes ------------------------------------------------------------------------------
 
 
