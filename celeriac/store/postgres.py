@@ -256,6 +256,7 @@ class PostgresStore:
             migrate(self._conn, migrations)
             self._prepare(self._conn)
             self._stored_names = self._read_names(self._conn)
+            self._known_count = self._count_on(self._conn)
         except (psycopg.Error, MigrationError) as exc:
             if self._conn is not None:
                 self._conn.close()
@@ -490,6 +491,7 @@ class PostgresStore:
                 changes = [(s, n) for s, n in tally.items() if n]
                 if changes:
                     conn.execute(_COUNT_ADD, ([s for s, _ in changes], [n for _, n in changes]))
+                self._known_count = self._count_on(conn)
             names = names - self._stored_names
             if names:
                 conn.execute(
@@ -554,9 +556,8 @@ class PostgresStore:
                 "DELETE FROM tasks WHERE id = ANY(%s) RETURNING state", (ids,)
             ).fetchall()
             tally = Counter(r[0] or "" for r in gone)
-            conn.execute(
-                _COUNT_ADD, (list(tally), [-n for n in tally.values()])
-            )
+            conn.execute(_COUNT_ADD, (list(tally), [-n for n in tally.values()]))
+            self._known_count = self._count_on(conn)
         self._pruned += len(gone)
 
     # --- readers ---------------------------------------------------------------------------
@@ -641,7 +642,7 @@ class PostgresStore:
         """Tasks stored, counting those put but not written yet when they are few."""
         live = self._unwritten()
         with self._reader() as conn:
-            written = self._count_on(conn)
+            written = self._known_count = self._count_on(conn)
             if not live or len(live) > OVERLAY_MAX:
                 return written
             row = conn.execute(
@@ -785,7 +786,7 @@ class PostgresStore:
         """Counters for /metrics and the status page."""
         return {
             "pending": len(self._pending.keys() | self._inflight.keys()),  # not written yet
-            "tasks": self.count(),
+            "tasks": self._known_count,  # as of the last flush or count(): no query here
             "written": self._written,
             "throttled": self._throttled,  # puts that waited for a writer far behind
             "flushes": self._flushes,

@@ -183,12 +183,14 @@ def test_max_age_prunes_old_finished_tasks_but_not_running_ones(
 # Search over HTTP -------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 def searchable(
     request: pytest.FixtureRequest, redis_broker: BrokerInfo, celery_worker: WorkerFactory,
     celeriac_server: MonitorFactory, tmp_path: Path,
 ) -> Iterator[tuple[MonitorProcess, dict[str, str]]]:  # fmt: skip
-    db = tmp_path / "h.sqlite3" if request.param == "sqlite" else "memory"
+    db: Path | str = tmp_path / "h.sqlite3" if request.param == "sqlite" else "memory"
+    if request.param == "postgres":
+        db = request.getfixturevalue("postgres_url")
     celery_worker(redis_broker)
     monitor = start(celeriac_server, redis_broker, db)
     ids = run_history(redis_broker)

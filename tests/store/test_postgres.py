@@ -8,6 +8,7 @@ MemoryStore's filters, the search predicate, the documented order), on the same 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
 import subprocess
@@ -27,7 +28,15 @@ from celeriac.store.pg_migrations import MIGRATIONS, migrate, schema_version
 from celeriac.store.postgres import PostgresStore
 from celeriac.store.search import SearchError, compile_search
 from celeriac.store.sqlite import SqliteStore
+from tests.fixtures import wait_for
 from tests.fixtures.postgres import PostgresServer
+from tests.store.test_persistence import (
+    STOPPED,
+    all_listed_final,
+    info,
+    listed,
+    run_history,
+)
 from tests.store.test_search import QUERIES, corpus
 from tests.store.test_sqlite import (
     FILTERS,
@@ -611,3 +620,33 @@ def test_evicted_final_task_is_never_undone(postgres_url, written):
         assert set(got) == set(done) and all(r["children"] == [] for r in got.values())
     finally:
         store.close()
+
+
+def test_a_real_celeriac_on_postgres_keeps_every_task_across_restarts(
+    redis_broker, celery_worker, celeriac_server, postgres_url
+):
+    # SIGTERM writes everything; SIGKILL loses at most the last flush; the links survive.
+    worker = celery_worker(redis_broker)
+    monitor = celeriac_server(redis_broker, "--db", postgres_url)
+    ids = run_history(redis_broker)
+    wait_for(lambda: all_listed_final(monitor, list(ids.values())), 30, 0.1, "every task listed")
+    assert monitor.client.get("/api/celeriac/status").json()["role"] == "leader"
+    worker.stop()
+    time.sleep(0.5)
+    before = listed(monitor)
+    infos = {i: info(monitor, i) for i in ids.values()}
+    assert infos[ids["chain1"]]["children"] == [ids["chain2"]]
+    assert infos[ids["chain3"]]["root_id"] == ids["chain1"]
+    assert monitor.stop(signal.SIGTERM) in STOPPED
+    password = postgres_url.split(":")[2].split("@")[0]
+    assert password not in monitor.log_text() and "celeriac:***@" in monitor.log_text()
+
+    again = celeriac_server(redis_broker, "--db", postgres_url)
+    wait_for(lambda: again.client.get("/api/celeriac/status").json()["role"] == "leader", 10)
+    assert listed(again) == before
+    for task_id, shown in infos.items():
+        assert info(again, task_id) == shown
+    os.killpg(again.pid, signal.SIGKILL)
+    again.proc.wait(timeout=10)
+    third = celeriac_server(redis_broker, "--db", postgres_url)
+    assert listed(third) == before
