@@ -27,7 +27,7 @@ from celeriac.api.responses import (
     task_result_fields,
     wait_for_result,
 )
-from celeriac.api.tasks import cluster_of
+from celeriac.api.tasks import cluster_of, path_value
 from celeriac.cluster import Cluster
 
 log = logging.getLogger("celeriac.api")
@@ -186,7 +186,7 @@ async def async_apply(request: Request) -> Response:
 
 async def send_task(request: Request) -> Response:
     cluster = cluster_of(request)
-    name = request.path_params["name"]
+    name = path_value(request, "name")
     args, kwargs, options = await task_arguments(request)
     options = _normalise_options(options)
     result = await _publish(cluster, cluster.app.send_task, name, args=args, kwargs=kwargs,
@@ -197,7 +197,7 @@ async def send_task(request: Request) -> Response:
 
 async def abort(request: Request) -> Response:
     cluster = cluster_of(request)
-    task_id = request.path_params["task_id"]
+    task_id = path_value(request, "task_id")
     result = AbortableAsyncResult(task_id, app=cluster.app)
     try:
         await cluster.control.run(result.abort)
@@ -208,7 +208,7 @@ async def abort(request: Request) -> Response:
 
 async def revoke(request: Request) -> Response:
     cluster = cluster_of(request)
-    task_id = request.path_params["task_id"]
+    task_id = path_value(request, "task_id")
     args = await arguments(request)
     terminate = get_bool(args, "terminate")
     sig = get_str(args, "signal") or "SIGTERM"

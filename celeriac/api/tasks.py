@@ -38,6 +38,16 @@ MAX_PAGE = 2**62
 ALL = "All"
 
 
+def path_value(request: Request, key: str) -> str:
+    """A task id or name from the path. Flower's routes need at least one character; Starlette's
+    let an empty one through (``$`` matches before a trailing line break, so ``/x/%0A`` too),
+    and Celery refuses an empty id with a ValueError: so 404, as Flower."""
+    value: str = request.path_params.get(key, "")
+    if not value:
+        raise APIError(404, "Unknown task ''")
+    return value
+
+
 def cluster_of(request: Request) -> Cluster:
     cluster: Cluster = request.app.state.cluster
     return cluster
@@ -117,7 +127,7 @@ async def task_info(request: Request) -> Response:
 
 
 async def task_result(request: Request) -> Response:
-    task_id = request.path_params["task_id"]
+    task_id = path_value(request, "task_id")
     timeout = get_float(await arguments(request), "timeout")
     cluster = cluster_of(request)
     # No request holds a thread for ever: a longer timeout is cut to --max-wait.

@@ -255,3 +255,18 @@ def test_a_broker_that_is_gone_is_a_503_not_a_400() -> None:
     r = asyncio.run(send())
     assert r.status_code == 503, r.text
     assert r.text == "The broker is unavailable"
+
+
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/api/task/result/"), ("GET", "/api/task/result/%0A?timeout=1"),
+    ("POST", "/api/task/revoke/%0A"), ("POST", "/api/task/abort/"),
+    ("POST", "/api/task/send-task/%0A"), ("GET", "/api/task/info/%0A"),
+])
+def test_an_empty_task_id_or_name_is_unknown(
+    monitor: MonitorProcess, method: str, path: str
+) -> None:
+    """Starlette lets an empty path parameter through, and a line break at the end of a path
+    too; Celery refuses an empty id (a ValueError, once a 500)."""
+    r = monitor.client.request(method, path)
+    assert r.status_code == 404, r.text
+    assert r.text == "Unknown task ''"
