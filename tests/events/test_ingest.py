@@ -285,3 +285,30 @@ def test_a_dropped_connection_wakes_the_workers(
     until(lambda: "heartbeat" in side.broadcasts(), 20, "the heartbeat broadcast")
     send_events(side.info.url, ("task-succeeded", {"uuid": "after-kick"}))
     until(lambda: state_of(mon, "after-kick") == "SUCCESS", 30, "events after the reconnect")
+
+
+def test_a_restarted_celeriac_reads_what_was_published_meanwhile(
+    rabbitmq_server: RabbitMQServer,
+    redis_server: RedisServer,
+    celeriac_server: MonitorFactory,
+    tmp_path: Path,
+) -> None:
+    """``--event-queue NAME``: the queue outlives celeriac, so a restart loses nothing."""
+    info = BrokerInfo("amqp", rabbitmq_server.new_url("requeue"), redis_server.new_url())
+    args = ("--event-queue", f"celeriac-e2e-{uuid.uuid4().hex[:8]}")
+    env = {"CELERIAC_DB": str(tmp_path / "kept.sqlite3")}
+    mon = celeriac_server(info, *args, app=None, env=env)
+    until(lambda: status(mon)["connected"], 20, "celeriac to consume")
+    send_events(info.url, ("task-received", {"uuid": "before", "name": "tests.x"}),
+                ("task-succeeded", {"uuid": "before", "result": "1"}))
+    until(lambda: state_of(mon, "before") == "SUCCESS", 30, "the first task")
+    mon.stop()
+
+    meanwhile = [f"meanwhile-{i}" for i in range(50)]
+    send_events(info.url, *[("task-received", {"uuid": u, "name": "tests.x"}) for u in meanwhile],
+                *[("task-succeeded", {"uuid": u, "result": "2"}) for u in meanwhile])
+    mon = celeriac_server(info, *args, app=None, env=env)
+    until(lambda: all(state_of(mon, u) == "SUCCESS" for u in meanwhile), 30,
+          "the tasks published while celeriac was stopped")
+    assert state_of(mon, "before") == "SUCCESS"  # from the store
+    assert status(mon)["gaps"] == 0
