@@ -4,6 +4,7 @@ firing and one resolution."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,14 +43,16 @@ min_tasks = 3
         result.get(timeout=20, propagate=False)
     (fired,), (resolved,) = episode(r, "task tests.fail", timeout=20)
     assert fired["rule"] == "failing" and fired["kind"] == "failure_rate"
-    assert fired["value"] == 1.0 and "4 of 4 tests.fail tasks failed" in fired["summary"]
+    # It fires as soon as min_tasks have failed: the fourth may or may not have finished yet.
+    assert fired["value"] == 1.0
+    assert re.match(r"([34]) of \1 tests\.fail tasks failed in the last 3s", fired["summary"])
     assert resolved["alert_id"] == fired["alert_id"]
     assert resolved["resolved_at"] >= fired["fired_at"] + 2.0  # once failures left the window
     assert settle_then_count(r, "task tests.fail") == (1, 1)
     assert not [b for b in r.accepted("/json") if b["subject"] == "task tests.add"]
     slack = r.accepted("/slack")
     assert [list(b) for b in slack] == [["text"], ["text"]]
-    assert slack[0]["text"].startswith("[FIRING] failing: 4 of 4 tests.fail tasks failed")
+    assert slack[0]["text"].startswith(f"[FIRING] failing: {fired['summary']}")
     assert slack[1]["text"].startswith("[RESOLVED] failing:")
     state = api(monitor)
     assert (state["fired"], state["resolved"], state["firing"]) == (1, 1, [])
