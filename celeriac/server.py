@@ -23,6 +23,7 @@ from celeriac.alerts import AlertEngine
 from celeriac.api import alerts, openapi, status, task_actions, tasks, workers
 from celeriac.api.errors import APIError, handle_api_error, text_error
 from celeriac.cluster import Cluster
+from celeriac.queue_history import QueueSampler
 from celeriac.settings import Settings
 from celeriac.web.pages import web_routes
 
@@ -113,15 +114,18 @@ def create_app(settings: Settings, cluster: Cluster | None = None) -> Starlette:
     """Build the ASGI app; the cluster is created here unless a test or the demo passes one."""
     cluster = cluster if cluster is not None else Cluster(settings)
     alert_engine = AlertEngine.from_settings(settings, cluster)
+    queue_sampler = QueueSampler(cluster)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         cluster.start()
         if alert_engine is not None:
             alert_engine.start()
+        queue_sampler.start()
         try:
             yield
         finally:
+            await queue_sampler.close()
             if alert_engine is not None:
                 await alert_engine.close()
             cluster.close()
@@ -146,6 +150,7 @@ def create_app(settings: Settings, cluster: Cluster | None = None) -> Starlette:
     app.state.cluster = cluster
     app.state.settings = settings
     app.state.alerts = alert_engine
+    app.state.queue_sampler = queue_sampler
     app.state.metrics = metrics.Metrics(cluster)
     return app
 

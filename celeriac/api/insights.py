@@ -6,7 +6,9 @@
   runtime percentiles (p50, p90, p99) per bucket and over the whole window;
 - ``GET /api/celeriac/failures?window=...``: failed tasks grouped by task name and exception
   type, with first and last seen (over everything stored), counts per bucket of the window,
-  and the ``/api/tasks`` filters that list the group's tasks.
+  and the ``/api/tasks`` filters that list the group's tasks;
+- ``GET /api/celeriac/stats/queues?window=...``: per queue, the most messages waiting in each
+  bucket (None where no sample fell), from the sampler's memory (``queue_history.py``).
 
 A task counts when its last event falls in a bucket (see ``store/aggregates.py``).
 """
@@ -26,6 +28,7 @@ from celeriac.api.params import get_str
 from celeriac.api.responses import json_response
 from celeriac.api.tasks import cluster_of
 from celeriac.constants import FAILURE
+from celeriac.queue_history import QueueSampler
 from celeriac.store.aggregates import store_failure_groups, store_throughput, store_type_stats
 from celeriac.store.search import MIN_TERM
 
@@ -91,6 +94,25 @@ async def task_types(request: Request) -> Response:
     return json_response({"window": window, "since": since, "bucket": bucket, "types": types})
 
 
+def queue_series(request: Request) -> dict[str, Any]:
+    """The queue-length chart's numbers; the sampler's ring is read on a thread (24 h of 50
+    queues is a few hundred thousand slots)."""
+    window, since, bucket, count = window_of(request)
+    sampler: QueueSampler = request.app.state.queue_sampler
+    history = sampler.history
+    at, latest = history.latest()
+    return {
+        "window": window, "since": since, "bucket": bucket, "interval": sampler.interval,
+        "sampled_at": at, "latest": latest, "error": sampler.error,
+        "dropped": sorted(history.dropped),
+        "queues": history.buckets(since, bucket, count),
+    }
+
+
+async def queues(request: Request) -> Response:
+    return json_response(await run_in_threadpool(queue_series, request))
+
+
 def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
@@ -134,4 +156,5 @@ routes = [
     Route("/api/celeriac/stats/throughput", throughput, methods=["GET"]),
     Route("/api/celeriac/stats/task-types", task_types, methods=["GET"]),
     Route("/api/celeriac/failures", failures, methods=["GET"]),
+    Route("/api/celeriac/stats/queues", queues, methods=["GET"]),
 ]

@@ -192,6 +192,13 @@ _BULK_PARAMS = [
      "schema": {"type": "integer", "minimum": 1}},
 ]
 _WINDOW = _param("window", enum=["15m", "1h", "24h"])
+_QUEUE_SERIES = {"type": "object", "properties": {
+    "window": {"type": "string"}, "since": {"type": "number"}, "bucket": {"type": "integer"},
+    "interval": {"type": "number"}, "sampled_at": {"type": ["number", "null"]},
+    "latest": {"type": "object", "additionalProperties": {"type": "integer"}},
+    "error": _STR_OR_NULL, "dropped": {"type": "array", "items": {"type": "string"}},
+    "queues": {"type": "object", "additionalProperties": {
+        "type": "array", "items": {"type": ["integer", "null"]}}}}}
 
 
 _TIMEOUT = {
@@ -307,6 +314,9 @@ def spec(prefix: str = "", *, open_api: bool = False, metrics_public: bool = Fal
         "/api/celeriac/stats/task-types": {"get": _op(
             "Per task type: counts, failure rate and runtime percentiles per time bucket",
             {"type": "object"}, [_WINDOW, _param("name")])},
+        "/api/celeriac/stats/queues": {"get": _op(
+            "Per queue, the most messages waiting in each time bucket (sampled every 10 s, "
+            "kept in memory for 24 h)", _QUEUE_SERIES, [_WINDOW])},
         "/api/celeriac/failures": {"get": _op(
             "Failed tasks grouped by task name and exception type", {"type": "object"},
             [_WINDOW])},

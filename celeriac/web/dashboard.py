@@ -15,7 +15,7 @@ from celeriac.api.tasks import cluster_of
 from celeriac.constants import ALL_STATES
 from celeriac.queues import queue_lengths
 from celeriac.web.hub import count_tasks, worker_summary
-from celeriac.web.insights import history_section
+from celeriac.web.insights import history_section, queue_section
 from celeriac.web.markup import esc, json_script, page, path_part, table
 from celeriac.web.stream import hub_of
 from celeriac.web.workers import refresh
@@ -54,6 +54,7 @@ async def dashboard_page(request: Request) -> Response:
 <p class="legend"><span class="key ok"></span> succeeded <span class="key fail"></span> failed
 <span class="muted" id="chart-span"></span></p></section>
 {await history_section(request)}
+{await queue_section(request)}
 <section><h2>Tasks by state</h2><div id="states" class="states"></div></section>
 <section><h2>Workers</h2>
 <div class="scroll"><table id="workers" class="workers"><thead><tr><th>Worker</th>

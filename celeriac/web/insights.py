@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from celeriac.api.insights import WINDOWS, group_filters, window_of
+from celeriac.api.insights import WINDOWS, group_filters, queue_series, window_of
 from celeriac.api.tasks import cluster_of
 from celeriac.store.aggregates import (
     TypeBucket,
@@ -24,6 +24,8 @@ from celeriac.web.markup import esc, fmt_duration, fmt_time, page
 
 #: Task types drawn on /types, the busiest first.
 TYPES_SHOWN = 30
+#: Queues drawn on the dashboard's chart (one colour each), the longest first.
+QUEUES_SHOWN = 8
 
 
 def window_links(request: Request, current: str, path: str) -> str:
@@ -70,6 +72,40 @@ async def history_section(request: Request) -> str:
 · <a href="{esc(request.app.state.settings.prefix)}/types?window={esc(window)}">per task type
 →</a></p>
 </section>"""
+
+
+async def queue_section(request: Request) -> str:
+    """The dashboard's queue lengths over time: the peak of each bucket, from the sampler."""
+    found = await run_in_threadpool(queue_series, request)
+    window, since, bucket = found["window"], found["since"], found["bucket"]
+    series: dict[str, list[int | None]] = found["queues"]
+    count = WINDOWS[window][1]
+    peak = {n: max([v for v in vs if v is not None], default=-1) for n, vs in series.items()}
+    shown = sorted((n for n in series if peak[n] >= 0), key=lambda n: (-peak[n], n))
+    hidden = shown[QUEUES_SHOWN:]
+    shown = shown[:QUEUES_SHOWN]
+    rows: list[list[float | None]] = [
+        [None if series[n][i] is None else float(series[n][i] or 0) for n in shown]
+        for i in range(count)
+    ]
+    svg, top = lines(rows, "messages waiting per queue", [f"q{k}" for k in range(len(shown))])
+    keys = " ".join(
+        f'<span class="key q{k}"></span> <span data-queue-peak="{esc(n)}" '
+        f'data-peak="{peak[n]}">{esc(n)} {peak[n]}</span>' for k, n in enumerate(shown))
+    if not shown:
+        keys = ('<span class="muted">No sample yet: queue lengths are read every '
+                f"{found['interval']:.0f} s.</span>")
+    more = f" · {len(hidden)} more queues not drawn" if hidden else ""
+    error = (f' · <span class="error">last read failed: {esc(found["error"])}</span>'
+             if found["error"] else "")
+    return f"""
+<section id="queue-history" data-window="{esc(window)}"><h2>Queue lengths
+<span class="muted small">messages waiting, sampled every {found['interval']:.0f} s, kept in
+memory</span></h2>
+<div class="chart-wrap">{svg}</div>
+<p class="legend">{keys}{more} · top {fmt_scale(top)} messages, the most seen per
+{fmt_duration(bucket)}{error} · {_times(since, bucket, count).replace("one bar", "one point")}
+</p></section>"""
 
 
 async def failures_page(request: Request) -> Response:

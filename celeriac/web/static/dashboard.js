@@ -141,22 +141,26 @@
   render();
 })();
 
-// The history charts are drawn on the server from the store: fetch this page again now and
-// then and swap in the fresh section (only while the tab is visible).
+// The history charts are drawn on the server (from the store, and the queue lengths from the
+// sampler): fetch this page again now and then and swap in the fresh sections (only while the
+// tab is visible).
 (() => {
   const EVERY = 15000;
+  const SECTIONS = ["history", "queue-history"];
 
   async function refresh() {
-    const current = document.getElementById("history");
-    if (!current || document.hidden) return;
+    if (!document.getElementById("history") || document.hidden) return;
     try {
       const r = await fetch(location.href, { headers: { Accept: "text/html" } });
       if (!r.ok) return;
       const doc = new DOMParser().parseFromString(await r.text(), "text/html");
-      const fresh = doc.getElementById("history");
-      if (fresh) {
-        current.replaceWith(document.importNode(fresh, true));
-        C.localizeTimes(document.getElementById("history"));
+      for (const id of SECTIONS) {
+        const current = document.getElementById(id);
+        const fresh = doc.getElementById(id);
+        if (current && fresh) {
+          current.replaceWith(document.importNode(fresh, true));
+          C.localizeTimes(document.getElementById(id));
+        }
       }
     } catch (err) {
       // the next round tries again
