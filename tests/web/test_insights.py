@@ -202,3 +202,33 @@ def test_the_dashboard_history_follows_the_store(ui: UI, page: Any) -> None:
         ".split('succeeded ')[1].split(' ')[0]) >= n", arg=before + 2, timeout=40_000)
     assert page.evaluate("window.__same_document") is True
     assert page.locator("#history").get_attribute("data-window") == "15m"
+
+
+def test_the_dashboard_draws_queue_lengths_over_time(ui: UI, page: Any) -> None:
+    idle = "ui-nobody-consumes"
+    page.goto(ui.url + "/?window=15m")
+    page.evaluate("window.__same_document = true")
+    with ui.api() as c:
+        for i in range(5):
+            r = c.post("/api/task/send-task/tests.add", json={"args": [i, 1], "queue": idle})
+            assert r.status_code == 200, r.text
+    # Sampled every 10 s, the section redrawn every 15 s, without a reload.
+    page.wait_for_function(
+        "q => Number(document.querySelector(`#queue-history [data-queue-peak='${q}']`)"
+        "?.dataset.peak) >= 5", arg=idle, timeout=45_000)
+    assert page.evaluate("window.__same_document") is True
+    section = page.locator("#queue-history")
+    assert section.get_attribute("data-window") == "15m"
+    n = int(section.locator(f'[data-queue-peak="{idle}"]').get_attribute("data-peak") or 0)
+    assert n == 5
+    # The queue has a colour of its own and its line (or a lone dot) is drawn in it.
+    key = section.locator(f'[data-queue-peak="{idle}"]').evaluate(
+        "el => el.previousElementSibling.className")
+    cls = key.split()[-1]
+    assert cls.startswith("q")
+    assert section.locator(f"svg.chart.lines polyline.{cls}, svg.chart.lines circle.{cls}"
+                           ).count() >= 1
+    page.click("#history a:text-is('24h')")
+    page.wait_for_selector('#queue-history[data-window="24h"]')
+    assert page.locator(f'#queue-history [data-queue-peak="{idle}"]').get_attribute(
+        "data-peak") == "5"

@@ -25,7 +25,8 @@ PHONE = {"width": 390, "height": 844}
 
 
 def workload(ui: UI, seconds: float, stop: threading.Event) -> None:
-    """A few tasks a second: quick ones, slow ones and failures, as a real cluster has."""
+    """A few tasks a second: quick ones, slow ones, failures, and some for a queue no worker
+    consumes yet, as a real cluster has."""
     deadline = time.monotonic() + seconds
     rng = random.Random(7)
     i = 0
@@ -38,8 +39,11 @@ def workload(ui: UI, seconds: float, stop: threading.Event) -> None:
             ui.send("tests.fail", f"invoice {1000 + i} has no customer")
         elif roll < 0.85:
             ui.send("tests.sleep", round(rng.uniform(0.1, 1.5), 2))
-        else:
+        elif roll < 0.95:
             ui.send("tests.echo", {"user": i, "plan": rng.choice(["free", "pro"])})
+        else:  # a queue nobody consumes: its length grows on the dashboard's queue chart
+            with ui.api() as c:
+                c.post("/api/task/send-task/tests.add", json={"args": [i, 1], "queue": "reports"})
         time.sleep(rng.uniform(0.05, 0.35))
 
 
