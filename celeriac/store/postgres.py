@@ -69,6 +69,8 @@ _NAMES_TTL = 2.0  # seconds a follower trusts its copy of task_names
 OVERLAY_MAX = 2000
 #: Longest a put waits for the writer to take a full batch (then it files and goes on).
 THROTTLE_WAIT = 2.0
+#: An unfiltered page this deep is found in its index first (see PostgresStore._stored).
+_DEEP = 1000
 
 Row = tuple[Any, ...]
 
@@ -751,14 +753,27 @@ class PostgresStore:
         if exclude:  # a hashed lookup (PostgreSQL 15 hashes <> ALL of many constants)
             where.append("uuid <> ALL(%s)")
             params.append(exclude)
-        sql = f"{_SELECT} WHERE {' AND '.join(where) or 'true'} ORDER BY {_sql_order(q)}"
+        condition = " AND ".join(where) or "true"
+        order = _sql_order(q)
+        offset = max(q.offset, 0)
         with self._reader() as conn:
-            if search is None or search.exact:
-                rows = conn.execute(
-                    f"{sql} LIMIT %s OFFSET %s", (*params, q.limit, max(q.offset, 0))
-                ).fetchall()
-                return [_record(r) for r in rows]
-            return self._checked(conn, sql, params, q, compile_search(node))
+            if search is not None and not search.exact:
+                sql = f"{_SELECT} WHERE {condition} ORDER BY {order}"
+                return self._checked(conn, sql, params, q, compile_search(node))
+            if not where and offset >= _DEEP:
+                # Unfiltered and deep: past the end is known from the counts, and a page is
+                # found in the sort's index alone (its key columns), then its rows fetched.
+                if offset >= self._count_on(conn):
+                    return []
+                key = "id" if q.sort_by is None else "uuid"
+                sql = (
+                    f"{_SELECT} WHERE {key} = ANY(ARRAY(SELECT {key} FROM tasks ORDER BY "
+                    f"{order} LIMIT %s OFFSET %s)) ORDER BY {order}"
+                )
+            else:
+                sql = f"{_SELECT} WHERE {condition} ORDER BY {order} LIMIT %s OFFSET %s"
+            rows = conn.execute(sql, (*params, q.limit, offset)).fetchall()
+            return [_record(r) for r in rows]
 
     @staticmethod
     def _checked(

@@ -650,3 +650,20 @@ def test_a_real_celeriac_on_postgres_keeps_every_task_across_restarts(
     again.proc.wait(timeout=10)
     third = celeriac_server(redis_broker, "--db", postgres_url)
     assert listed(third) == before
+
+
+@pytest.mark.parametrize("sort", SORTS)
+def test_deep_unfiltered_pages_are_found_in_the_index_first(postgres_url, sort):
+    store = PostgresStore(postgres_url)
+    try:
+        rng = random.Random(5)
+        records = [make(i, rng) for i in range(1300)]
+        for r in records:
+            store.put(dict(r))
+        assert store.flush()
+        sort_by, desc = sort
+        for limit, offset in [(100, 1000), (7, 1293), (10, 1299), (10, 1300), (None, 1250)]:
+            q = TaskQuery(limit=limit, offset=offset, sort_by=sort_by, descending=bool(desc))
+            assert store.query(q) == reference(records, q), q
+    finally:
+        store.close()
