@@ -148,8 +148,12 @@ def test_no_input_breaks_the_api(monitor: MonitorProcess) -> None:
 def _describe(exc: BaseException) -> str:
     """The failure and what is inside it (a flaky failure only says that it was flaky)."""
     text = str(exc)[:2000]
+    cause = exc.__cause__ or exc.__context__
+    if not text.strip() and cause is not None:  # hypothesis' wrapper of a BaseException
+        return f"{type(cause).__name__}: {_describe(cause)}"
     for inner in getattr(exc, "exceptions", ()):
-        text += "\n  - " + _describe(inner).replace("\n", "\n    ")
+        text += (f"\n  - {type(inner).__name__}: "
+                 + _describe(inner).replace("\n", "\n    "))
     return text
 
 
