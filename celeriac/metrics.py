@@ -41,6 +41,7 @@ from starlette.routing import Route
 from celeriac import __version__
 from celeriac.cluster import Cluster
 from celeriac.events.base import Event
+from celeriac.queues import LengthReader
 from celeriac.store.base import TaskQuery, TaskRecord, TaskStore
 
 log = logging.getLogger("celeriac.metrics")
@@ -424,13 +425,11 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self.queue_lengths: dict[str, int] | None = None
-        self._reading: asyncio.Future[dict[str, int]] | None = None
+        self.reader = LengthReader(cluster.control, cluster.app)
         cluster.state.observer = self.tally
 
     async def read_queues(self, timeout: float = QUEUE_TIMEOUT) -> None:
         """The broker's queue lengths, on a thread, at most one read at a time, bounded."""
-        from celeriac.queues import queue_lengths
-
         started = time.monotonic()
         cluster = self.cluster
         if not cluster.source.counters.connected and _role(cluster) != "follower":
@@ -444,12 +443,9 @@ class Metrics:
         except Exception as exc:  # a slow or failed inspect: the queues known so far
             log.debug("metrics: worker inspect failed: %r", exc)
         names = _queue_names(cluster)
-        if self._reading is None or self._reading.done():
-            self._reading = asyncio.ensure_future(
-                cluster.control.run(queue_lengths, cluster.app, names))
         left = max(timeout - (time.monotonic() - started), 0.1)
         try:
-            self.queue_lengths = await asyncio.wait_for(asyncio.shield(self._reading), left)
+            self.queue_lengths = await self.reader.read(names, left)
         except Exception as exc:
             log.warning("metrics: queue lengths unavailable: %r", exc)
             self.queue_lengths = None

@@ -1,7 +1,7 @@
 """Queue lengths over time, for the dashboard's chart and ``/api/celeriac/stats/queues``.
 
 Every ``INTERVAL`` seconds the sampler asks the broker for the length of every queue it knows
-(through ``queues.queue_lengths`` on the control thread pool, at most one read in flight, never
+(through ``queues.LengthReader``: on the control thread pool, at most one read in flight, never
 waited on for longer than ``TIMEOUT``) and keeps the answers in a ring in memory: 24 hours at
 10 s, for at most ``MAX_QUEUES`` queues, in flat float arrays (about 70 kB a queue). The history
 is not stored: a restart starts the chart afresh.
@@ -21,7 +21,7 @@ import time
 from array import array
 from typing import TYPE_CHECKING
 
-from celeriac.queues import queue_lengths
+from celeriac.queues import LengthReader
 
 if TYPE_CHECKING:
     from celeriac.cluster import Cluster
@@ -115,7 +115,7 @@ class QueueSampler:
         self.interval = interval
         self.history = QueueHistory()
         self.error: str | None = None
-        self._reading: asyncio.Future[dict[str, int]] | None = None
+        self.reader = LengthReader(cluster.control, cluster.app)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -149,12 +149,9 @@ class QueueSampler:
         except Exception as exc:
             log.debug("queue sampler: worker inspect failed: %r", exc)
         names = watched_queues(cluster, self.history.known())
-        if self._reading is None or self._reading.done():  # a slow read is not asked twice
-            self._reading = asyncio.ensure_future(
-                cluster.control.run(queue_lengths, cluster.app, names))
         left = max(TIMEOUT - (time.monotonic() - started), 0.1)
         try:
-            lengths = await asyncio.wait_for(asyncio.shield(self._reading), left)
+            lengths = await self.reader.read(names, left)
         except Exception as exc:
             if self.error is None:
                 log.warning("queue sampler: queue lengths unavailable: %r", exc)

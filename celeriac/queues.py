@@ -6,11 +6,15 @@ ready messages, and kombu's virtual transports (Redis sums the priority sub-queu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
+
+if TYPE_CHECKING:
+    from celeriac.control import Control
 
 log = logging.getLogger("celeriac.queues")
 
@@ -35,6 +39,28 @@ def queue_lengths(app: Celery, names: list[str]) -> dict[str, int]:
         finally:
             _close(channel)
     return lengths
+
+
+class LengthReader:
+    """The one way the event loop asks for queue lengths: ``queue_lengths`` on the control
+    thread pool, at most one read in flight, a caller waiting at most ``timeout``.
+
+    A read that outlasts its caller goes on, and the next caller waits for it rather than
+    asking again: a broker that hangs holds one thread, not one per scrape or round. (That
+    caller gets the queues the read was asked for, which the previous caller chose.)
+    Metrics, alerts and the queue sampler each hold one."""
+
+    def __init__(self, control: Control, app: Celery) -> None:
+        self.control = control
+        self.app = app
+        self._pending: asyncio.Future[dict[str, int]] | None = None
+
+    async def read(self, names: list[str], timeout: float) -> dict[str, int]:
+        """Raises TimeoutError when the read takes longer, or what the broker raised."""
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.ensure_future(
+                self.control.run(queue_lengths, self.app, names))
+        return await asyncio.wait_for(asyncio.shield(self._pending), timeout)
 
 
 def _close(channel: Any) -> None:

@@ -35,7 +35,7 @@ from celeriac.alerts.conditions import (
 from celeriac.alerts.notify import Notifier
 from celeriac.alerts.rules import AlertConfig, Kind, Rule, load_config
 from celeriac.alerts.tracker import Phase, Tracker, hold_for
-from celeriac.queues import queue_lengths
+from celeriac.queues import LengthReader
 from celeriac.settings import Settings
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class AlertEngine:
         self.rule_errors: dict[str, str] = {}
         self.queue_lengths: dict[str, int] | None = None
         self.queue_error: str | None = None
-        self._queue_read: asyncio.Future[dict[str, int]] | None = None
+        self._reader: LengthReader | None = None  # made at the first queue rule's round
         self.role = "single"
         self.watching_since = self.started_at  # when this instance began ingesting
         self._task: asyncio.Task[None] | None = None
@@ -171,12 +171,11 @@ class AlertEngine:
         for rule in self.config.rules:
             if rule.kind is Kind.QUEUE_LENGTH:
                 names.update(rule.queues or consumed_queues(cluster.worker_info, default))
-        if self._queue_read is None or self._queue_read.done():
-            self._queue_read = asyncio.ensure_future(
-                cluster.control.run(queue_lengths, cluster.app, sorted(names)))
+        if self._reader is None:
+            self._reader = LengthReader(cluster.control, cluster.app)
         try:
-            self.queue_lengths = await asyncio.wait_for(
-                asyncio.shield(self._queue_read), max(self.config.interval, 1.0))
+            self.queue_lengths = await self._reader.read(sorted(names),
+                                                         max(self.config.interval, 1.0))
             self.queue_error = None
         except Exception as exc:
             if self.queue_error is None:
