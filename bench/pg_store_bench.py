@@ -264,7 +264,11 @@ def http(a: argparse.Namespace) -> None:
             "private PostgreSQL server (durable defaults, shared_buffers 128 MB), then on "
             "SQLite, one after the other on the same machine.",
             "",
-            *["#" + line if line.startswith("# ") else line for part in sections for line in part],
+            *[
+                "#" + line.replace("at a million tasks", f"at {a.tasks:,} tasks")
+                if line.startswith("# ") else line
+                for part in sections for line in part
+            ],
         ]
     )
     print(text)
