@@ -120,6 +120,9 @@ class Cluster:
         # Workers that did not answer an inspect, and when: a plain /api/workers does not
         # wait on them again for SILENT_RETRY_S (refresh=true always asks).
         self._silent: dict[str, float] = {}
+        # When no worker is known at all, a broadcast must wait out the whole inspect timeout
+        # to find any (one without events, say); do that at most once per SILENT_RETRY_S.
+        self._searched_at: float | None = None
         self.started_at = time.time()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -196,7 +199,12 @@ class Cluster:
         quiet = {w for w, since in self._silent.items() if now - since < SILENT_RETRY_S}
         online = set(self.state.online_workers())
         if not self.worker_info:
-            if not online or online - quiet:
+            if online - quiet:
+                await self.refresh_workers()
+            elif not online and (
+                self._searched_at is None or now - self._searched_at >= SILENT_RETRY_S
+            ):
+                self._searched_at = now
                 await self.refresh_workers()
             return
         missing = sorted(online - set(self.worker_info) - quiet)
