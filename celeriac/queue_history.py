@@ -98,7 +98,8 @@ class QueueHistory:
 
 
 def watched_queues(cluster: Cluster, already: list[str]) -> list[str]:
-    """Queues sampled first, then the consumed and the app's ones, in a stable order."""
+    """Queues sampled already first, then the consumed and the app's ones, in a stable order:
+    the first ``MAX_QUEUES`` are sampled, the rest reported as dropped."""
     names = dict.fromkeys(already)
     fresh: set[str] = set()
     for info in list(cluster.worker_info.values()):
@@ -107,7 +108,7 @@ def watched_queues(cluster: Cluster, already: list[str]) -> list[str]:
                 fresh.add(q["name"])
     fresh.update(str(n) for n in list(cluster.app.amqp.queues or {}))
     names.update(dict.fromkeys(sorted(fresh)))
-    return list(names)[:MAX_QUEUES]
+    return list(names)
 
 
 class QueueSampler:
@@ -152,6 +153,8 @@ class QueueSampler:
         except Exception as exc:
             log.debug("queue sampler: worker inspect failed: %r", exc)
         names = watched_queues(cluster, self.history.known())
+        self.history.dropped.update(names[self.history.max_queues:])
+        names = names[:self.history.max_queues]
         left = max(TIMEOUT - (time.monotonic() - started), 0.1)
         try:
             lengths = await self.reader.read(names, left)

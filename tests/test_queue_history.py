@@ -4,11 +4,13 @@ celeriac with a real worker on Redis, while tasks pile up in a queue nobody cons
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from celeriac.queue_history import QueueHistory
+from celeriac.queue_history import QueueHistory, watched_queues
+from tests.apps.proj import create_app
 from tests.fixtures import BrokerInfo, MonitorFactory, WorkerFactory, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,6 +37,16 @@ def test_buckets_hold_the_peak_and_leave_gaps_where_nothing_was_read() -> None:
     assert h.latest() == (31.0, {"q": 1})
     assert QueueHistory().latest() == (None, {})
     assert QueueHistory().buckets(0.0, 10.0, 2) == {}
+
+
+def test_the_queues_watched_keep_their_order_and_include_what_nobody_consumes() -> None:
+    app = create_app("memory://")
+    app.amqp.queues.select_add("reports")  # as sending a task to it does
+    worker_info = {"w1": {"active_queues": [{"name": "fast"}, {"name": "celery"}, "junk"]}}
+    cluster: Any = SimpleNamespace(worker_info=worker_info, app=app)
+    assert watched_queues(cluster, []) == ["celery", "fast", "reports"]
+    # Queues sampled before keep their place (within the cap), even once nobody consumes them.
+    assert watched_queues(cluster, ["old", "reports"]) == ["old", "reports", "celery", "fast"]
 
 
 def test_the_endpoint_shows_an_unconsumed_queue_growing(
