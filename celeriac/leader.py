@@ -129,10 +129,11 @@ def lock_key(identity: str) -> int:
 
 
 class Leadership:
-    """Contends for the lock on a thread of its own; calls ``on_elected`` when it gets it and
-    ``on_deposed(graceful)`` when it loses it (connection lost: False) or at :meth:`close`
-    while leading (True: the lock is released only after it returns). Both run on that
-    thread, one at a time; ``on_follow`` runs every ``interval`` while following."""
+    """Contends for the lock (the first round in :meth:`start`, then on a thread of its own);
+    calls ``on_elected`` when it gets it and ``on_deposed(graceful)`` when it loses it
+    (connection lost: False) or at :meth:`close` while leading (True: the lock is released
+    only after it returns). Callbacks run one at a time; ``on_follow`` runs every
+    ``interval`` while following."""
 
     def __init__(
         self,
@@ -164,6 +165,9 @@ class Leadership:
 
     def start(self) -> None:
         if self._thread is None:
+            # The first round now: an instance that can lead ingests before it serves, as one
+            # with a store of its own does (events sent right after start are not missed).
+            self._round()
             self._thread = threading.Thread(target=self._run, name="celeriac-leader", daemon=True)
             self._thread.start()
 
@@ -177,24 +181,26 @@ class Leadership:
         self._drop()
 
     def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._round()
+
+    def _round(self) -> None:
         import psycopg
 
         from celeriac.store.postgres import scrub
 
-        while not self._stop.is_set():
-            try:
-                self._step()
-                self._trouble = None
-            except psycopg.Error as exc:
-                lines = str(exc).strip().splitlines()
-                reason = scrub(lines[0] if lines else type(exc).__name__, self._url)
-                self._drop()
-                if self.leading:
-                    self._depose(f"lost the database connection ({reason})", graceful=False)
-                self._complain(f"cannot reach the database to elect a leader: {reason}")
-            except Exception as exc:  # a callback failed: never let the thread die
-                self._complain(f"{type(exc).__name__}: {scrub(str(exc), self._url)}")
-            self._stop.wait(self.interval)
+        try:
+            self._step()
+            self._trouble = None
+        except psycopg.Error as exc:
+            lines = str(exc).strip().splitlines()
+            reason = scrub(lines[0] if lines else type(exc).__name__, self._url)
+            self._drop()
+            if self.leading:
+                self._depose(f"lost the database connection ({reason})", graceful=False)
+            self._complain(f"cannot reach the database to elect a leader: {reason}")
+        except Exception as exc:  # a callback failed: never let the thread die
+            self._complain(f"{type(exc).__name__}: {scrub(str(exc), self._url)}")
 
     def _complain(self, message: str) -> None:
         """Log a problem once, not once per round while it lasts."""
