@@ -8,6 +8,7 @@ HEALTHCHECK command is run against a live instance, and the files it copies buil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -247,7 +248,7 @@ def test_two_instances_under_honcho_behind_nginx(
                               capture_output=True, timeout=30)
         assert done.returncode == expected, done.stderr
     if NGINX is not None:
-        through_nginx(clients, port_a, port_b, ids, tmp_path)
+        through_nginx(port_a, port_b, ids, tmp_path)
     # Stopping honcho stops both instances, and nothing is left behind.
     children = psutil.Process(process.pid).children(recursive=True)
     assert len([c for c in children if "celeriac" in " ".join(c.cmdline())]) >= 2
@@ -261,10 +262,10 @@ def test_two_instances_under_honcho_behind_nginx(
         client.close()
 
 
-def through_nginx(clients: list[httpx.Client], port_a: int, port_b: int, ids: set[str],
-                  tmp_path: Path) -> None:
+@contextlib.contextmanager
+def nginx_in_front(port_a: int, port_b: int, work: Path) -> Iterator[httpx.Client]:
+    """The shipped nginx config with its ports changed, running; a client on it."""
     assert NGINX is not None
-    work = tmp_path / "nginx"
     work.mkdir()
     port = free_port()
     site = work / "celeriac.conf"
@@ -275,11 +276,19 @@ def through_nginx(clients: list[httpx.Client], port_a: int, port_b: int, ids: se
     conf = nginx_main_conf(work, site)
     nginx = ManagedProcess([NGINX, "-p", str(work), "-e", "stderr", "-c", str(conf)],
                            work / "nginx.log", cwd=work, name="nginx")
+    proxy = httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                         headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     try:
-        proxy = httpx.Client(base_url=f"http://127.0.0.1:{port}",
-                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
-        wait_for(lambda: role(proxy) in ROLES, 10, 0.1, "nginx to proxy /celeriac/healthcheck",
-                 ignore=(httpx.TransportError,))
+        wait_for(lambda: nginx.alive() and role(proxy) in ROLES, 10, 0.1,
+                 "nginx to proxy /celeriac/healthcheck", ignore=(httpx.TransportError,))
+        yield proxy
+    finally:
+        proxy.close()
+        nginx.stop(signal.SIGQUIT, timeout=10)
+
+
+def through_nginx(port_a: int, port_b: int, ids: set[str], tmp_path: Path) -> None:
+    with nginx_in_front(port_a, port_b, tmp_path / "nginx") as proxy:
         # Round robin over both: each role shows up through the one address.
         assert {role(proxy) for _ in range(6)} == ROLES
         assert ids <= set(task_states(proxy))
@@ -287,7 +296,9 @@ def through_nginx(clients: list[httpx.Client], port_a: int, port_b: int, ids: se
             assert r.status_code == 200, r.read()
             assert r.headers["content-type"].startswith("text/event-stream")
             first = next(line for line in r.iter_lines() if line.startswith("data: "))
-            assert json.loads(first[6:])["hello"] is True  # not held back by a buffer
-        proxy.close()
-    finally:
-        nginx.stop(signal.SIGQUIT, timeout=10)
+            assert json.loads(first[6:])["hello"] is True
+    # Failover: with one upstream down (a closed port), every request still gets an answer.
+    with nginx_in_front(port_a, free_port(), tmp_path / "nginx-failover") as proxy:
+        answers = [proxy.get("/celeriac/healthcheck").status_code for _ in range(6)]
+        assert answers == [200] * 6
+        assert ids <= set(task_states(proxy))
