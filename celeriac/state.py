@@ -285,6 +285,26 @@ class State:
         live["children"] = self._store.children(uuid)
         return live
 
+    def queue_waits(self, window: float) -> dict[str, list[float]]:
+        """Seconds each recently received task spent in its queue (sent to received), by
+        routing key, sorted: how long a queue makes tasks wait. Only the hot records are read
+        (the cache, at most ``cache_size``), and only tasks whose client sends ``task-sent``
+        events (``task_send_sent_event``) carry a sent time and a routing key."""
+        since = time.time() - window
+        with self._lock:
+            seen = [
+                (r["routing_key"], r["sent"], r["received"])
+                for r in self._tasks.values()
+                if r["received"] is not None and r["sent"] is not None
+            ]
+        waits: dict[str, list[float]] = {}
+        for key, sent, received in seen:
+            if isinstance(key, str) and received >= since:
+                waits.setdefault(key, []).append(max(received - sent, 0.0))
+        for values in waits.values():
+            values.sort()
+        return waits
+
     def workers(self) -> dict[str, dict[str, Any]]:
         now = time.time()
         with self._lock:

@@ -8,6 +8,7 @@ wire can produce and check the record that comes out.
 from __future__ import annotations
 
 import itertools
+import time
 import uuid as uuidlib
 from typing import Any
 
@@ -395,35 +396,6 @@ def test_evicted_from_cache_is_merged_from_the_store(store: MemoryStore) -> None
     assert store.count() == 4
 
 
-@pytest.mark.parametrize("written", [False, True], ids=["pending", "written"])
-def test_evicted_final_task_in_sqlite_is_never_undone(tmp_path: Any, written: bool) -> None:
-    """The batched lookup (``SqliteStore.get_many``) finds evicted tasks whether or not the
-    writer has written them yet; a late batch mixing them with new tasks undoes nothing."""
-    from celeriac.store.sqlite import SqliteStore
-
-    store = SqliteStore(str(tmp_path / "t.sqlite3"))
-    try:
-        state = State(store, cache_size=2)
-        done = [new_id() for _ in range(5)]
-        for u in done:
-            state.apply(lifecycle(u))
-        if written:
-            store.start()
-            assert store.flush(10)
-        late = [ev("task-received", u, 1, name="tests.late") for u in done]
-        late += [ev("task-started", u, 2) for u in done]
-        fresh = new_id()
-        state.apply([*late, *lifecycle(fresh)])
-        for u in done:
-            rec = state.task(u)
-            assert rec is not None and rec["state"] == "SUCCESS", rec
-            assert rec["result"] == "3" and rec["runtime"] == 0.01  # the stored record, merged
-        assert state.task(fresh)["state"] == "SUCCESS"  # type: ignore[index]
-        assert state.applied == 3 * 5 + 10 + 3
-    finally:
-        store.close()
-
-
 def test_store_evicts_the_oldest_beyond_max_tasks() -> None:
     store = MemoryStore(max_tasks=3)
     state = State(store)
@@ -516,3 +488,21 @@ def test_forget_worker(state: State, clock: Clock) -> None:
 def test_task_events_do_not_create_workers(state: State) -> None:
     state.apply(lifecycle(new_id()))
     assert state.worker_status() == {}
+
+
+def test_queue_waits_are_sent_to_received_of_recent_tasks_by_routing_key(state: State) -> None:
+    now = time.time()
+    a, b, old, unsent = new_id(), new_id(), new_id(), new_id()
+    state.apply([
+        ev("task-sent", a, 1, now - 5.0, routing_key="fast"),
+        ev("task-received", a, 2, now - 4.5),
+        ev("task-sent", b, 3, now - 9.0, routing_key="slow"),
+        ev("task-received", b, 4, now - 1.0),
+        ev("task-sent", old, 5, now - 4000.0, routing_key="fast"),
+        ev("task-received", old, 6, now - 3990.0),  # before the window
+        ev("task-received", unsent, 7, now - 1.0),  # no task-sent: no time in queue
+    ])
+    waits = state.queue_waits(900.0)
+    assert waits.keys() == {"fast", "slow"}
+    assert waits["fast"] == [pytest.approx(0.5)]
+    assert waits["slow"] == [pytest.approx(8.0)]

@@ -65,6 +65,26 @@ async def dashboard_page(request: Request) -> Response:
     return page(request, "Dashboard", body, nav="/", script="dashboard.js")
 
 
+#: How far back the broker page's time in queue looks.
+WAIT_WINDOW = 15 * 60.0
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
+
+
+def wait_summary(waits: list[float]) -> str:
+    """Median and 95th percentile of sorted waits, as the broker page shows them."""
+    if not waits:
+        return '<span class="muted">no data</span>'
+    p50 = waits[(len(waits) - 1) // 2]
+    p95 = waits[min(len(waits) - 1, int(len(waits) * 0.95))]
+    return (
+        f'<span class="wait" title="{len(waits)} tasks">p50 {_seconds(p50)}, '
+        f"p95 {_seconds(p95)}</span>"
+    )
+
+
 async def broker_page(request: Request) -> Response:
     cluster = cluster_of(request)
     if not cluster.worker_info:
@@ -76,11 +96,13 @@ async def broker_page(request: Request) -> Response:
                 consumers.setdefault(str(q["name"]), []).append(worker)
     names = sorted(consumers)
     lengths = await cluster.control.run(queue_lengths, cluster.app, names)
+    waits = cluster.state.queue_waits(WAIT_WINDOW)
     prefix = request.app.state.settings.prefix
     rows = [
         [
             esc(name),
             f'<span data-queue="{esc(name)}">{esc(lengths.get(name, 0))}</span>',
+            wait_summary(waits.get(name, [])),
             " ".join(
                 f'<a href="{esc(prefix)}/worker/{esc(path_part(w))}">{esc(w)}</a>'
                 for w in consumers[name]
@@ -96,9 +118,12 @@ async def broker_page(request: Request) -> Response:
 <h1>Broker</h1>
 <p>URL <code>{esc(cluster.broker_url)}</code></p>
 <section><h2>Queues</h2>
-{table(["Queue", "Messages waiting", "Consumed by", ""], rows, cls="queues")}
+{table(["Queue", "Messages waiting", "Time in queue (15 min)", "Consumed by", ""], rows,
+        cls="queues")}
 <output id="out-purge" class="reply"></output>
 <p class="muted small">Queues that some worker consumes; lengths are asked of the broker
-every few seconds.</p></section>
+every few seconds. Time in queue is from a task's sending to its receipt by a worker, for
+the tasks received in the last 15 minutes whose clients send <code>task-sent</code> events
+(<code>task_send_sent_event = True</code>).</p></section>
 """
     return page(request, "Broker", body, nav="/broker", script="broker.js")

@@ -214,8 +214,15 @@ def test_workers_and_broker_pages(ui: UI, page: Any) -> None:
     page.goto(ui.url + "/workers")
     for w in ui.workers:
         assert page.locator(f'a:text-is("{w.hostname}")').count() == 1
+    # A client that sends task-sent events (as tests.apps.proj does) gives the time in queue.
+    result = ui.broker.tasks.add.delay(2, 3)
+    assert result.get(timeout=20) == 5
+    ui.wait_state(result.id, "SUCCESS")
     page.goto(ui.url + "/broker")
     assert page.locator('[data-queue="celery"]').count() == 1
+    row = page.locator("table.queues tr", has=page.locator('[data-queue="celery"]'))
+    wait = row.locator(".wait").inner_text()
+    assert re.fullmatch(r"p50 \d+(\.\d)? m?s, p95 \d+(\.\d)? m?s", wait), wait
 
 
 def test_unknown_task_and_worker_pages_are_404(ui: UI) -> None:
