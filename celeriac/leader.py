@@ -85,12 +85,16 @@ def leadership_for(cluster: Cluster) -> Leadership | None:
 
     def elected() -> None:
         nonlocal started
-        if changed_at is not None:  # the gap, as this follower saw it
+        if marker is not None:  # this instance followed another: a take-over, with a gap
+            if changed_at is not None:  # the gap, as this follower saw it
+                gap = f"the previous leader last wrote {time.time() - changed_at:.1f} s ago"
+            else:
+                gap = "this instance saw no write of the previous leader while it followed"
             log.warning(
-                "took over ingest for %s: the previous leader last wrote %.1f s ago; events "
-                "published since then and before this instance subscribes are missed unless "
-                "the broker kept them (a stable --event-queue on RabbitMQ)",
-                identity, time.time() - changed_at,
+                "took over ingest for %s: %s; events published since then and before this "
+                "instance subscribes are missed unless the broker kept them (a stable "
+                "--event-queue on RabbitMQ)",
+                identity, gap,
             )  # fmt: skip
         store.set_writing(True)
         if started:  # a source is started once: a new one for every term
