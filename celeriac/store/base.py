@@ -25,6 +25,19 @@ TaskRecord = dict[str, Any]
 
 SORT_KEYS = ("name", "received", "started", "state")
 
+#: The types a value of a task's field is stored as it is.
+PLAIN_TYPES = frozenset({type(None), str, int, float})
+
+
+def plain(value: Any) -> Any:
+    """A value both databases store and JSON carries as is (an int within 64 bits); anything
+    else is kept as its ``str``, a bool as an int."""
+    if type(value) in PLAIN_TYPES and not (
+        type(value) is int and not -(2**63) <= value < 2**63
+    ):
+        return value
+    return int(value) if isinstance(value, bool) else str(value)
+
 
 class StoreError(Exception):
     """The task store cannot be used: the message names it and says why, in one line."""

@@ -1,9 +1,9 @@
 """The task store on PostgreSQL: one batching writer connection, a pool of readers.
 
-Same shape and same answers as :class:`~celeriac.store.sqlite.SqliteStore`: ``put`` only files
-the live record under its uuid in a pending dict (the events of one task coalesce there), and a
-writer thread swaps that dict every ``flush_interval`` and writes the batch in one transaction:
-COPY into a temporary table, then one ``INSERT ... ON CONFLICT (uuid) DO UPDATE`` from it. The
+Same shape and same answers as :class:`~celeriac.store.sqlite.SqliteStore`, and the same
+batching writer (:class:`~celeriac.store.writer.BatchingStore`): ``put`` only files the live
+record in a pending dict, and a writer thread writes each batch in one transaction: COPY into a
+temporary table, then one ``INSERT ... ON CONFLICT (uuid) DO UPDATE`` from it. The
 exact per-state counts live in ``task_counts``, updated in the same transaction, so ``count``
 and ``count_by_state`` never scan, and read the same from every instance sharing the database.
 
@@ -21,20 +21,18 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from celeriac.constants import FINAL_STATES, TASK_FIELDS
+from celeriac.constants import FINAL_STATES
 from celeriac.settings import redact_url
-from celeriac.store.base import SORT_KEYS, StoreError, TaskQuery, TaskRecord
+from celeriac.store.base import StoreError, TaskQuery, TaskRecord, plain
 from celeriac.store.pg_migrations import (
     COLUMN_TYPES,
     MIGRATIONS,
@@ -43,8 +41,9 @@ from celeriac.store.pg_migrations import (
     migrate,
 )
 from celeriac.store.pg_search import search_condition
-from celeriac.store.query import matcher
-from celeriac.store.search import Node, compile_search, parse_search
+from celeriac.store.query import checked_page
+from celeriac.store.search import Node, compile_search
+from celeriac.store.writer import OVERLAY_MAX, BatchingStore, Live
 
 __all__ = ["PostgresStore", "StoreError"]
 
@@ -59,16 +58,10 @@ _GET = (
     "AND c.uuid <> t.uuid ORDER BY c.id) FROM tasks AS t WHERE t.uuid = %s"
 )
 _FINAL = tuple(sorted(s.lower() for s in FINAL_STATES))
-_PLAIN = frozenset({type(None), str, int, float})
 _STATE_AT = COLUMNS.index("state")
 _PRUNE_BATCH = 500  # rows per retention transaction: short, so a flush never waits long
 _STREAM_ROWS = 500  # rows per fetch when a search is checked in Python while reading
 _NAMES_TTL = 2.0  # seconds a follower trusts its copy of task_names
-#: Most tasks put but not written yet that a query or count merges in; beyond that the writer
-#: is far behind (a burst), and answers show what is written until it catches up.
-OVERLAY_MAX = 2000
-#: Longest a put waits for the writer to take a full batch (then it files and goes on).
-THROTTLE_WAIT = 2.0
 #: An unfiltered page this deep is found in its index first (see PostgresStore._stored).
 _DEEP = 1000
 
@@ -104,13 +97,6 @@ def scrub(text: str, url: str) -> str:
     return re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
 
 
-def _plain(value: Any) -> Any:
-    """A value that JSON carries as is; anything else as its ``str`` (a bool as an int)."""
-    if type(value) in _PLAIN and not (type(value) is int and not -(2**63) <= value < 2**63):
-        return value
-    return int(value) if isinstance(value, bool) else str(value)
-
-
 def _snapshot(record: TaskRecord) -> Row:
     """The record as a row: ``(*COLUMNS, extra)``. A value whose type is not its column's goes
     into its column as best it can (text, a number, or NULL) and as itself into ``extra``."""
@@ -126,7 +112,7 @@ def _snapshot(record: TaskRecord) -> Row:
             or (isinstance(value, int) and -(2**63) <= value < 2**63)
         ):
             continue
-        value = _plain(value)
+        value = plain(value)
         if extra is None:
             extra = {}
         extra[COLUMNS[i]] = value
@@ -162,7 +148,7 @@ def _sql_order(q: TaskQuery) -> str:
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
-class _Live(dict):  # type: ignore[type-arg]
+class _Live(Live):
     """An unwritten task as the database will give it back, with the values its columns
     will hold (``row``) for ordering it among written ones."""
 
@@ -204,15 +190,17 @@ def _columns(record: TaskRecord) -> Row:
     return record.row if type(record) is _Live else _snapshot(record)[:-1]
 
 
-class PostgresStore:
+class PostgresStore(BatchingStore):
     """Task history in a PostgreSQL database. See the module docstring for the model.
 
     ``max_tasks`` and ``max_age`` (seconds since a task's last event) bound the history: the
     writer deletes the oldest finished tasks beyond them, a few hundred per transaction, between
     flushes. ``max_pending`` bounds the tasks waiting for the writer: a put waits (up to
-    THROTTLE_WAIT) for the writer to take a batch that big. ``migrations`` is for tests of
-    upgrades.
+    ``writer.THROTTLE_WAIT``) for the writer to take a batch that big. ``migrations`` is for
+    tests of upgrades.
     """
+
+    _log = log
 
     def __init__(
         self,
@@ -226,29 +214,9 @@ class PostgresStore:
         max_pending: int = 5_000,
     ) -> None:
         self._url = url
-        self.max_pending = max_pending
         self.path = redact_url(url)  # where the history lives, for logs: no password
         self.where = f"task database {self.path}"
-        self.max_tasks = max_tasks
-        self.max_age = max_age
-        self.flush_interval = flush_interval
-        self._lock = threading.Lock()
-        self._pending: dict[str, TaskRecord] = {}
-        self._inflight: dict[str, TaskRecord] = {}
-        self._pending_workers: dict[str, dict[str, Any]] = {}
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._cycled = threading.Condition()
-        self._taken = threading.Condition(self._lock)  # the writer took the pending batch
-        self._throttled = 0
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self._writing = True
-        self._errors: Counter[str] = Counter()
-        self._failing = False
-        self._last_error: str | None = None
-        self._written = self._pruned = self._flushes = self._cycles = 0
-        self._last_flush_seconds = 0.0
+        self._init_writer(max_tasks, max_age, flush_interval, max_pending)
         self._names: frozenset[str] = frozenset()  # put here, maybe not stored yet
         self._stored_names: frozenset[str] = frozenset()
         self._names_read = 0.0
@@ -302,23 +270,7 @@ class PostgresStore:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the writer thread (idempotent). Records put before start wait for it."""
-        if self._thread is None and not self._closed:
-            self._thread = threading.Thread(target=self._run, name="celeriac-store", daemon=True)
-            self._thread.start()
-
-    def close(self) -> None:
-        """Write everything pending, stop the writer and close every connection."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-        elif self._writing:
-            self._drain()
+    def _close_connections(self) -> None:
         self._pool.close()
         if self._conn is not None:
             self._conn.close()
@@ -340,127 +292,33 @@ class PostgresStore:
     def writing(self) -> bool:
         return self._writing
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until what was put before this call is written; False on timeout or failure."""
-        if self._thread is None:
-            return self._flush_once()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cycled:
-            target = self._cycles + 2  # the cycle running now may have missed the latest puts
-            while self._cycles < target:
-                self._wake.set()
-                left = None if deadline is None else deadline - time.monotonic()
-                if (left is not None and left <= 0) or not self._thread.is_alive():
-                    return False
-                self._cycled.wait(left)
-        return not self._failing
-
     # --- ingest side -----------------------------------------------------------------------
 
-    def put(self, record: TaskRecord) -> None:
-        """File the live record for the next flush; O(1), never touches the database."""
-        uuid = record.get("uuid")
-        if not uuid or not self._writing:  # a follower: the leader writes this task
-            return
-        with self._lock:
-            self._pending[uuid] = record
-            if len(self._pending) >= self.max_pending and self._keeping_up():
-                # The writer is far behind (a burst, a slow database): wait for it to take
-                # the batch rather than grow without bound, as the SQLite store does. The
-                # reader's own backlog absorbs the burst meanwhile; nothing is dropped.
-                self._throttled += 1
-                self._wake.set()
-                self._taken.wait(THROTTLE_WAIT)
-            name = record.get("name")
-            # Only text is a name: an event may carry anything (a list, a number) there.
-            if name and type(name) is str and name not in self._names:
+    def _note_names(self, record: TaskRecord) -> None:
+        name = record.get("name")
+        # Only text is a name: an event may carry anything (a list, a number) there.
+        if name and type(name) is str and name not in self._names:
+            with self._lock:  # rare (a new name), and task_types adds too: no lost update
                 self._names = self._names | {name}
-
-    def _keeping_up(self) -> bool:
-        """Whether a writer thread is taking batches (not stopped, not failing to write)."""
-        thread = self._thread
-        return (
-            thread is not None
-            and thread.is_alive()
-            and thread is not threading.current_thread()
-            and not self._failing
-            and not self._closed
-        )
-
-    def put_worker(self, hostname: str, info: dict[str, Any]) -> None:
-        """Keep a worker's last known state (written with the next flush, as JSON)."""
-        if not self._writing:
-            return
-        with self._lock:
-            self._pending_workers[hostname] = info
 
     # --- writer thread ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(self.flush_interval)
-            self._wake.clear()
-            if (
-                self._writing
-                and self._flush_once()
-                and (self.max_tasks is not None or self.max_age is not None)
-            ):
-                self._prune(budget=self.flush_interval / 2)
-            with self._cycled:
-                self._cycles += 1
-                self._cycled.notify_all()
-        if self._writing:
-            self._drain()
+    def _write_batch(
+        self, batch: dict[str, TaskRecord], workers: dict[str, dict[str, Any]]
+    ) -> None:
+        rows = [_snapshot(record) for record in batch.values()]
+        names = {n for r in batch.values() if type(n := r.get("name")) is str and n}
+        self._write(rows, workers, frozenset(names))
 
-    def _drain(self) -> bool:
-        for _ in range(3):
-            if self._flush_once() and not self._pending and not self._pending_workers:
-                return True
-        if self._pending:
-            log.error("%d tasks could not be written to the %s", len(self._pending), self.where)
-        return False
-
-    def _flush_once(self) -> bool:
-        with self._lock:
-            if not self._pending and not self._pending_workers:
-                return True
-            batch, workers = self._pending, self._pending_workers
-            self._inflight = batch
-            self._pending, self._pending_workers = {}, {}
-            self._taken.notify_all()
-        started = time.perf_counter()
-        try:
-            rows = [_snapshot(record) for record in batch.values()]
-            names = {n for r in batch.values() if type(n := r.get("name")) is str and n}
-            self._write(rows, workers, frozenset(names))
-        except Exception as exc:
-            self._write_failed(exc)
-            with self._lock:  # newer versions put meanwhile win over the failed batch's
-                if self._writing:
-                    self._pending = {**batch, **self._pending}
-                    self._pending_workers = {**workers, **self._pending_workers}
-                self._inflight = {}
-            return False
-        self._inflight = {}
-        self._written += len(rows)
-        self._flushes += 1
-        self._last_flush_seconds = time.perf_counter() - started
-        if self._failing:
-            log.warning("writing to the %s works again", self.where)
-            self._failing = False
-        return True
-
-    def _write_failed(self, exc: Exception) -> None:
+    def _describe_error(self, exc: Exception) -> tuple[str, str]:
         kind = type(exc).__name__
         sqlstate = getattr(exc, "sqlstate", None)
         if sqlstate:
             kind = f"{kind}({sqlstate})"
-        self._errors[kind] += 1
-        reason = scrub(str(exc).strip(), self._url)
-        self._last_error = f"{kind}: {reason}"
-        self._failing = True
-        if self._errors[kind] == 1:  # once per kind, not once per batch
-            log.error("cannot write to the %s (%s); will retry", self.where, reason)
+        return kind, scrub(str(exc).strip(), self._url)
+
+    def _write_failed(self, exc: Exception) -> None:
+        super()._write_failed(exc)
         if self._conn is not None and self._conn.broken:
             self._conn.close()
             self._conn = None
@@ -576,9 +434,8 @@ class PostgresStore:
 
     def get(self, uuid: str) -> TaskRecord | None:
         """The task as last put (even if not yet written), with its ``children``."""
-        live = self._pending.get(uuid) or self._inflight.get(uuid)
-        if live is not None:
-            record = {f: live.get(f) for f in TASK_FIELDS if f != "children"}
+        record = self._unwritten_record(uuid)
+        if record is not None:
             record["children"] = self.children(uuid)
             return record
         # One round trip: the row and its children.
@@ -596,9 +453,9 @@ class PostgresStore:
         found: dict[str, TaskRecord] = {}
         rest: list[str] = []
         for uuid in uuids:
-            live = self._pending.get(uuid) or self._inflight.get(uuid)
+            live = self._unwritten_record(uuid)
             if live is not None:
-                found[uuid] = {f: live.get(f) for f in TASK_FIELDS if f != "children"}
+                found[uuid] = live
             else:
                 rest.append(uuid)
         if rest:
@@ -617,14 +474,6 @@ class PostgresStore:
         with self._reader() as conn:
             found = [r[0] for r in conn.execute(sql, (uuid, uuid))]
         return self._with_pending_children(uuid, found)
-
-    def _with_pending_children(self, uuid: str, found: list[str]) -> list[str]:
-        seen = set(found)
-        for child, record in [*self._inflight.items(), *self._pending.items()]:
-            if child not in seen and child != uuid and record.get("parent_id") == uuid:
-                found.append(child)
-                seen.add(child)
-        return found
 
     @staticmethod
     def _read_names(conn: psycopg.Connection[Any]) -> frozenset[str]:
@@ -683,51 +532,14 @@ class PostgresStore:
             rows = conn.execute("SELECT hostname, info FROM workers ORDER BY hostname")
             return {hostname: json.loads(info) for hostname, info in rows}
 
-    def query(self, q: TaskQuery) -> list[TaskRecord]:
-        """The tasks matching ``q``, in the SQLite store's order: by the sort key (names
-        case-insensitively, a missing value lowest) with ties by task id, as Flower, or newest
-        first by default (ties by insertion). Raises SearchError (a ValueError) for a
-        malformed ``q.search``.
+    def _live(self, record: TaskRecord) -> Live:
+        return _Live.of(record)
 
-        Tasks put but not written yet are in the answer too, when they are few (at most
-        OVERLAY_MAX: the writer keeps up), as in the SQLite store: they are matched in
-        Python and merged into the page the database gives, read from ``offset -
-        len(matches)``, so the page is exact at any depth."""
-        if q.sort_by is not None and q.sort_by not in SORT_KEYS:
-            raise ValueError(f"sort_by must be one of {', '.join(SORT_KEYS)}")
-        if q.limit is not None and q.limit <= 0:
-            return []
-        node = parse_search(q.search)
-        live = self._unwritten()
-        if not live or len(live) > OVERLAY_MAX:
-            return self._stored(q, node)
-        match, found = matcher(q), compile_search(node)
-        key, descending = _py_order(q)
-        mine = sorted(
-            (r for r in map(_Live.of, live.values()) if match(r) and found(r)),
-            key=key,
-            reverse=descending,
-        )
-        exclude = list(live)
-        if not mine:
-            return self._stored(q, node, exclude)
-        start = max(0, q.offset - len(mine))
-        limit = None if q.limit is None else q.limit + len(mine)
-        rows = self._stored(replace(q, offset=start, limit=limit), node, exclude)
-        skipped = 0  # unwritten matches that sort before the first row read
-        if start > 0:
-            if not rows:  # the database has at most `start` matches: past the end
-                return []
-            first = key(rows[0])
-            skipped = sum(1 for r in mine if (key(r) > first if descending else key(r) < first))
-        merged = sorted([*rows, *mine[skipped:]], key=key, reverse=descending)
-        begin = q.offset - start - skipped
-        page = merged[begin : None if q.limit is None else begin + q.limit]
-        return [dict(r) if type(r) is _Live else r for r in page]
+    def _order(self, q: TaskQuery) -> tuple[Callable[[TaskRecord], tuple[Any, ...]], bool]:
+        return _py_order(q)
 
-    def _unwritten(self) -> dict[str, TaskRecord]:
-        """The tasks put but not committed yet, newest version of each (live records)."""
-        return {**self._inflight, **self._pending}
+    def _exclude(self, uuids: list[str]) -> list[str]:
+        return uuids
 
     def _stored(
         self, q: TaskQuery, node: Node | None, exclude: list[str] | None = None
@@ -780,35 +592,15 @@ class PostgresStore:
         conn: psycopg.Connection[Any], sql: str, params: list[Any], q: TaskQuery, match: Any
     ) -> list[TaskRecord]:
         """Read the candidates in order, keep those ``match`` accepts, and page them."""
-        out: list[TaskRecord] = []
-        skip = max(q.offset, 0)
         with conn.transaction(), conn.cursor(name="celeriac_search") as cur:
             cur.itersize = _STREAM_ROWS
             cur.execute(sql, params)
-            for row in cur:
-                record = _record(row)
-                if not match(record):
-                    continue
-                if skip:
-                    skip -= 1
-                    continue
-                out.append(record)
-                if len(out) == q.limit:
-                    break
-        return out
+            return checked_page(map(_record, cur), match, max(q.offset, 0), q.limit)
+
+    def _tasks_known(self) -> int:
+        return self._known_count  # as of the last flush or count(): no query here
 
     def stats(self) -> dict[str, Any]:
         """Counters for /metrics and the status page."""
-        return {
-            "pending": len(self._pending.keys() | self._inflight.keys()),  # not written yet
-            "tasks": self._known_count,  # as of the last flush or count(): no query here
-            "written": self._written,
-            "throttled": self._throttled,  # puts that waited for a writer far behind
-            "flushes": self._flushes,
-            "pruned": self._pruned,
-            "last_flush_seconds": self._last_flush_seconds,
-            "write_errors": dict(self._errors),
-            "last_error": self._last_error,
-            "failing": self._failing,
-            "writing": self._writing,
-        }
+        return {**super().stats(), "writing": self._writing}
+

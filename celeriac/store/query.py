@@ -14,7 +14,7 @@ same order:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from celeriac.store.base import TaskQuery, TaskRecord
@@ -76,3 +76,24 @@ def sort_and_slice(records: list[TaskRecord], q: TaskQuery) -> list[TaskRecord]:
     offset = max(q.offset, 0)
     end = None if q.limit is None else offset + max(q.limit, 0)
     return records[offset:end]
+
+
+def checked_page(
+    records: Iterable[TaskRecord], match: Callable[[TaskRecord], bool], offset: int,
+    limit: int | None,
+) -> list[TaskRecord]:  # fmt: skip
+    """The page (``offset``, ``limit``) of the ``records`` that ``match`` accepts, for a search
+    checked in Python while the database streams its candidates in order: reading stops at
+    the last record the page needs."""
+    out: list[TaskRecord] = []
+    skip = offset
+    for record in records:
+        if not match(record):
+            continue
+        if skip:
+            skip -= 1
+            continue
+        out.append(record)
+        if len(out) == limit:
+            break
+    return out

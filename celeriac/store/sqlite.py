@@ -1,22 +1,17 @@
 """The persistent task store: one SQLite file in WAL mode, one writer thread, readers per thread.
 
-Why this shape: ``put`` runs on the ingest thread for every event, and a slow disk must never
-make the event reader fall behind the broker. So ``put`` only files the live record under its
-uuid in a pending dict (the events of one task coalesce there), and one writer thread swaps that
-dict every ``flush_interval`` and writes the batch in one ``BEGIN IMMEDIATE`` transaction.
-Readers use their own connection per thread; WAL lets them read while the writer writes, and
-queries merge in the few tasks not written yet, so a task is listed as soon as it is seen.
-When the writer falls far behind (a burst, a slow disk), ``put`` waits for it to take the
-batch once ``max_pending`` tasks wait: memory stays bounded, and the event reader's own
-backlog absorbs the burst.
+The batching writer (pending dict, writer thread, throttle, retries, the merge of unwritten
+tasks into answers) is :class:`~celeriac.store.writer.BatchingStore`, shared with the
+PostgreSQL store; this module is the SQLite half. The writer thread writes each batch in one
+``BEGIN IMMEDIATE`` transaction. Readers use their own connection per thread; WAL lets them
+read while the writer writes.
 
 The writer runs few, large statements (many rows each) rather than ``executemany``: every
 statement step releases the GIL, and getting it back from a busy ingest thread can take a whole
 switch interval, so per-row steps made flushes several times slower under load (measured).
 
-If a write fails (disk full, file made read-only, I/O error) the batch goes back into the pending
-dict for the next try, the failure is logged once per kind and counted in :meth:`stats`, and the
-writer keeps going: the monitor keeps serving what it holds. A path that cannot be opened, or a
+A failed write (disk full, file made read-only, I/O error) is retried with the next batch (see
+``store/writer.py``), counted by SQLite's error name. A path that cannot be opened, or a
 database newer than this code, raises :class:`StoreError` at construction.
 """
 
@@ -32,11 +27,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from typing import Any
 
-from celeriac.constants import FINAL_STATES, TASK_FIELDS
-from celeriac.store.base import SORT_KEYS, StoreError, TaskQuery, TaskRecord
+from celeriac.constants import FINAL_STATES
+from celeriac.store.base import PLAIN_TYPES, StoreError, TaskQuery, TaskRecord, plain
 from celeriac.store.migrations import (
     FTS_COLUMNS,
     MIGRATIONS,
@@ -45,16 +39,16 @@ from celeriac.store.migrations import (
     MigrationError,
     migrate,
 )
-from celeriac.store.query import matcher
+from celeriac.store.query import checked_page
 from celeriac.store.search import (
     Node,
     SearchSql,
     compile_search,
     contains,
     kwarg_equals,
-    parse_search,
     search_sql,
 )
+from celeriac.store.writer import OVERLAY_MAX, BatchingStore, Live
 
 __all__ = ["SqliteStore", "StoreError"]
 
@@ -84,7 +78,6 @@ _NAME_AT, _WORKER_AT = TASK_COLUMNS.index("name"), TASK_COLUMNS.index("worker")
 #: Columns whose values are tallied by the writer: exact counts for filters, without a scan.
 _TALLIED = {c: TASK_COLUMNS.index(c) for c in ("state", "name", "worker")}
 _FINAL = tuple(sorted(FINAL_STATES))
-_PLAIN = frozenset({type(None), str, int, float})
 _LOOKUP_CHUNK = 2000  # uuids per lookup statement
 _VALUES_CHUNK = 256  # rows per multi-row statement; powers of two keep the statements cached
 _PRUNE_BATCH = 500  # rows per retention transaction: short, so a flush never waits long
@@ -96,26 +89,14 @@ _COST = {"walk": 1.0, "sort": 2.0, "text": 5.0, "text hit": 3.0}
 #: SQLite page caches, in KiB: memory stays flat however big the database grows.
 WRITER_CACHE_KB = 32 * 1024
 READER_CACHE_KB = 4 * 1024
-#: Longest a put waits for the writer to take a full batch (then it files and goes on).
-THROTTLE_WAIT = 2.0
-#: Most tasks put but not written yet that a query or count merges in; beyond that the writer
-#: is far behind (a burst), and answers show what is written until it catches up.
-OVERLAY_MAX = 2000
 
 Row = tuple[Any, ...]
 Cond = tuple[str, tuple[Any, ...]]  # a WHERE term and its parameters
 
 
-def _plain(value: Any) -> Any:
-    """A value SQLite stores and JSON carries as is; anything else is kept as its ``str``."""
-    if type(value) in _PLAIN and not (type(value) is int and not -(2**63) <= value < 2**63):
-        return value
-    return int(value) if isinstance(value, bool) else str(value)
-
-
 def _snapshot(record: TaskRecord) -> Row:
     row = tuple(map(record.get, TASK_COLUMNS))
-    return row if _PLAIN.issuperset(map(type, row)) else tuple(map(_plain, row))
+    return row if PLAIN_TYPES.issuperset(map(type, row)) else tuple(map(plain, row))
 
 
 def _texts(rows: list[Row], at: int) -> Iterator[str]:
@@ -129,12 +110,8 @@ def _indexed(row: Row) -> Row | None:
     return text if any(v is not None for v in text) else None
 
 
-class _Live(dict):  # type: ignore[type-arg]
-    """An unwritten task as the database will give it back (a plain dict once answered)."""
-
-
-def _live_row(record: TaskRecord) -> TaskRecord:
-    return _Live(zip(TASK_COLUMNS, _snapshot(record), strict=True))
+def _live_row(record: TaskRecord) -> Live:
+    return Live(zip(TASK_COLUMNS, _snapshot(record), strict=True))
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -157,7 +134,7 @@ def _order(q: TaskQuery) -> tuple[Callable[[TaskRecord], tuple[Any, ...]], bool]
     Newest first by default, an unwritten task after every written one of the same time
     (it will get a higher rowid)."""
     if q.sort_by is None:
-        return (lambda r: (_sql_value(r.get("timestamp")), type(r) is _Live)), True
+        return (lambda r: (_sql_value(r.get("timestamp")), type(r) is Live)), True
     column, nocase = q.sort_by, q.sort_by == "name"
     return (lambda r: (_sql_value(r.get(column), nocase), r.get("uuid") or "")), q.descending
 
@@ -170,14 +147,16 @@ def _params(conds: list[Cond]) -> list[Any]:
     return [p for _, params in conds for p in params]
 
 
-class SqliteStore:
+class SqliteStore(BatchingStore):
     """Task history in one SQLite file. See the module docstring for the threading model.
 
     ``max_tasks`` and ``max_age`` (seconds since a task's last event) bound the history: the
     writer deletes the oldest finished tasks beyond them, a few hundred per transaction, between
     flushes. Unfinished tasks are never pruned. ``max_pending`` bounds the tasks waiting for
-    the writer (see the module docstring). ``migrations`` is for tests of upgrades.
+    the writer (see ``store/writer.py``). ``migrations`` is for tests of upgrades.
     """
+
+    _log = log
 
     def __init__(
         self,
@@ -190,28 +169,10 @@ class SqliteStore:
         max_pending: int = 5_000,
     ) -> None:
         self.path = path
-        self.max_pending = max_pending
-        self.max_tasks = max_tasks
-        self.max_age = max_age
-        self.flush_interval = flush_interval
-        self._lock = threading.Lock()
-        self._pending: dict[str, TaskRecord] = {}
-        self._inflight: dict[str, TaskRecord] = {}  # the batch being written, still readable
-        self._pending_workers: dict[str, dict[str, Any]] = {}
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._cycled = threading.Condition()
-        self._taken = threading.Condition(self._lock)  # the writer took the pending batch
-        self._throttled = 0
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self.where = f"task database {path}"
+        self._init_writer(max_tasks, max_age, flush_interval, max_pending)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
-        self._errors: Counter[str] = Counter()
-        self._failing = False
-        self._last_error: str | None = None
-        self._written = self._pruned = self._flushes = self._cycles = 0
-        self._last_flush_seconds = 0.0
         self._conn = self._open(migrations)
         meta = "SELECT value FROM meta WHERE key = 'task_count'"
         self._count = int(self._conn.execute(meta).fetchone()[0])
@@ -280,23 +241,7 @@ class SqliteStore:
         conn.execute("PRAGMA busy_timeout = 5000")
         return conn
 
-    def start(self) -> None:
-        """Start the writer thread (idempotent). Records put before start wait for it."""
-        if self._thread is None and not self._closed:
-            self._thread = threading.Thread(target=self._run, name="celeriac-store", daemon=True)
-            self._thread.start()
-
-    def close(self) -> None:
-        """Write everything pending, stop the writer and close every connection."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-        else:
-            self._drain()
+    def _close_connections(self) -> None:
         with self._lock:
             readers, self._readers = self._readers, []
         for conn in readers:
@@ -305,59 +250,15 @@ class SqliteStore:
             self._conn.execute("PRAGMA optimize")  # keeps the planner's statistics current
         self._conn.close()
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until what was put before this call is written; False on timeout or failure."""
-        if self._thread is None:
-            return self._flush_once()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cycled:
-            target = self._cycles + 2  # the cycle running now may have missed the latest puts
-            while self._cycles < target:
-                self._wake.set()
-                left = None if deadline is None else deadline - time.monotonic()
-                if (left is not None and left <= 0) or not self._thread.is_alive():
-                    return False
-                self._cycled.wait(left)
-        return not self._failing
-
     # --- ingest side -----------------------------------------------------------------------
 
-    def put(self, record: TaskRecord) -> None:
-        """File the live record for the next flush; O(1), never touches the database."""
-        uuid = record.get("uuid")
-        if not uuid:  # would fail the NOT NULL constraint, and with it every retry of the batch
-            return
-        with self._lock:
-            self._pending[uuid] = record
-            if len(self._pending) >= self.max_pending and self._writing():
-                # The writer is far behind (a burst, a slow disk): wait for it to take the
-                # batch rather than grow without bound. The reader's own backlog absorbs the
-                # burst meanwhile; nothing is dropped.
-                self._throttled += 1
-                self._wake.set()
-                self._taken.wait(THROTTLE_WAIT)
+    def _note_names(self, record: TaskRecord) -> None:
         name, worker = record.get("name"), record.get("worker")
         # Only text is a name: an event may carry anything (a list, a number) in these fields.
         if name and type(name) is str and name not in self._names:
             self._add_names(frozenset({name}), frozenset())
         if worker and type(worker) is str and worker not in self._workers:
             self._add_names(frozenset(), frozenset({worker}))
-
-    def _writing(self) -> bool:
-        """Whether a writer thread is taking batches (not stopped, not failing to write)."""
-        thread = self._thread
-        return (
-            thread is not None
-            and thread.is_alive()
-            and thread is not threading.current_thread()
-            and not self._failing
-            and not self._closed
-        )
-
-    def put_worker(self, hostname: str, info: dict[str, Any]) -> None:
-        """Keep a worker's last known state (written with the next flush, as JSON)."""
-        with self._lock:
-            self._pending_workers[hostname] = info
 
     def _add_names(self, names: frozenset[str], workers: frozenset[str]) -> None:
         with self._lock:  # rare (a new name), and two threads add: no lost update
@@ -366,64 +267,17 @@ class SqliteStore:
 
     # --- writer thread ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(self.flush_interval)
-            self._wake.clear()
-            if self._flush_once() and (self.max_tasks is not None or self.max_age is not None):
-                self._prune(budget=self.flush_interval / 2)
-            with self._cycled:
-                self._cycles += 1
-                self._cycled.notify_all()
-        self._drain()
-
-    def _drain(self) -> bool:
-        """Flush until nothing is pending; give up after a few failures (at close)."""
-        for _ in range(3):
-            if self._flush_once() and not self._pending and not self._pending_workers:
-                return True
-        if self._pending:
-            log.error("%d tasks could not be written to %s", len(self._pending), self.path)
-        return False
-
-    def _flush_once(self) -> bool:
-        with self._lock:
-            if not self._pending and not self._pending_workers:
-                return True
-            batch, workers = self._pending, self._pending_workers
-            self._inflight = batch
-            self._pending, self._pending_workers = {}, {}
-            self._taken.notify_all()
-        started = time.perf_counter()
+    def _write_batch(
+        self, batch: dict[str, TaskRecord], workers: dict[str, dict[str, Any]]
+    ) -> None:
+        rows = [_snapshot(record) for record in batch.values()]
         try:
-            rows = [_snapshot(record) for record in batch.values()]
-            try:
-                self._write(rows, workers)
-            except OverflowError:  # an int beyond 64 bits: keep it as text
-                self._write([tuple(map(_plain, row)) for row in rows], workers)
-        except Exception as exc:
-            self._write_failed(exc)
-            with self._lock:  # newer versions put meanwhile win over the failed batch's
-                self._pending = {**batch, **self._pending}
-                self._pending_workers = {**workers, **self._pending_workers}
-                self._inflight = {}
-            return False
-        self._inflight = {}
-        self._written += len(rows)
-        self._flushes += 1
-        self._last_flush_seconds = time.perf_counter() - started
-        if self._failing:
-            log.warning("writing to the task database %s works again", self.path)
-            self._failing = False
-        return True
+            self._write(rows, workers)
+        except OverflowError:  # an int beyond 64 bits: keep it as text
+            self._write([tuple(map(plain, row)) for row in rows], workers)
 
-    def _write_failed(self, exc: Exception) -> None:
-        kind = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-        self._errors[kind] += 1
-        self._last_error = f"{kind}: {exc}"
-        self._failing = True
-        if self._errors[kind] == 1:  # once per kind, not once per batch
-            log.error("cannot write to the task database %s (%s); will retry", self.path, exc)
+    def _describe_error(self, exc: Exception) -> tuple[str, str]:
+        return getattr(exc, "sqlite_errorname", None) or type(exc).__name__, str(exc)
 
     def _write(self, rows: list[Row], workers: dict[str, dict[str, Any]]) -> None:
         conn = self._conn
@@ -594,10 +448,8 @@ class SqliteStore:
 
     def get(self, uuid: str) -> TaskRecord | None:
         """The task as last put (even if not yet written), with its ``children``."""
-        live = self._pending.get(uuid) or self._inflight.get(uuid)
-        if live is not None:
-            record = {f: live.get(f) for f in TASK_FIELDS if f != "children"}
-        else:
+        record = self._unwritten_record(uuid)
+        if record is None:
             row = self._reader().execute(f"{_SELECT} WHERE t.uuid = ?", (uuid,)).fetchone()
             if row is None:
                 return None
@@ -612,9 +464,9 @@ class SqliteStore:
         found: dict[str, TaskRecord] = {}
         rest: list[str] = []
         for uuid in uuids:
-            live = self._pending.get(uuid) or self._inflight.get(uuid)
+            live = self._unwritten_record(uuid)
             if live is not None:
-                found[uuid] = {f: live.get(f) for f in TASK_FIELDS if f != "children"}
+                found[uuid] = live
             else:
                 rest.append(uuid)
         for i in range(0, len(rest), _LOOKUP_CHUNK):
@@ -630,13 +482,7 @@ class SqliteStore:
         """Tasks whose parent_id is ``uuid``, in the order they were first seen."""
         sql = "SELECT uuid FROM tasks WHERE parent_id = ? AND uuid != ? ORDER BY id"
         found = [r[0] for r in self._reader().execute(sql, (uuid, uuid))]
-        seen = set(found)
-        # Unwritten ones too; copying a dict's items is atomic under the GIL, no lock needed.
-        for child, record in [*self._inflight.items(), *self._pending.items()]:
-            if child not in seen and child != uuid and record.get("parent_id") == uuid:
-                found.append(child)
-                seen.add(child)
-        return found
+        return self._with_pending_children(uuid, found)
 
     def task_types(self) -> list[str]:
         return sorted(self._names)
@@ -649,12 +495,6 @@ class SqliteStore:
         sql = "SELECT count(*) FROM tasks WHERE uuid IN (SELECT value FROM json_each(?))"
         written = self._reader().execute(sql, (json.dumps(list(live)),)).fetchone()[0]
         return self._count + len(live) - int(written)
-
-    def _unwritten(self) -> dict[str, TaskRecord]:
-        """The tasks put but not committed yet, newest version of each (live records)."""
-        # Copying a dict is atomic under the GIL; the writer swaps these, never mutates them
-        # while we read (it builds new ones).
-        return {**self._inflight, **self._pending}
 
     def count_by_state(self) -> dict[str, int]:
         """Written tasks per state, kept by the writer: no scan (the hub polls this)."""
@@ -669,47 +509,14 @@ class SqliteStore:
         rows = self._reader().execute("SELECT hostname, info FROM workers ORDER BY hostname")
         return {hostname: json.loads(info) for hostname, info in rows}
 
-    def query(self, q: TaskQuery) -> list[TaskRecord]:
-        """The tasks matching ``q``; raises SearchError (a ValueError) for a malformed
-        ``q.search``. Filters as ``store/query.py``; order by the sort key (names
-        case-insensitively, a missing value lowest) with ties by task id, as Flower, or newest
-        first by default (ties by insertion); every order is read straight off an index.
+    def _live(self, record: TaskRecord) -> Live:
+        return _live_row(record)
 
-        Tasks put but not written yet are in the answer too, when they are few (at most
-        OVERLAY_MAX: the writer keeps up): a task seen in ``/api/task/info`` is listed at
-        once. They are matched in Python and merged into the page the database gives, which
-        is read from ``offset - len(matches)``, so the page is exact at any depth."""
-        if q.sort_by is not None and q.sort_by not in SORT_KEYS:
-            raise ValueError(f"sort_by must be one of {', '.join(SORT_KEYS)}")
-        if q.limit is not None and q.limit <= 0:
-            return []
-        node = parse_search(q.search)
-        live = self._unwritten()
-        if not live or len(live) > OVERLAY_MAX:
-            return self._stored(q, node)
-        match, found = matcher(q), compile_search(node)
-        key, descending = _order(q)
-        mine = sorted(
-            (r for r in map(_live_row, live.values()) if match(r) and found(r)),
-            key=key,
-            reverse=descending,
-        )
-        exclude = json.dumps(list(live))
-        if not mine:
-            return self._stored(q, node, exclude)
-        start = max(0, q.offset - len(mine))
-        limit = None if q.limit is None else q.limit + len(mine)
-        rows = self._stored(replace(q, offset=start, limit=limit), node, exclude)
-        skipped = 0  # unwritten matches that sort before the first row read
-        if start > 0:
-            if not rows:  # the database has at most `start` matches: the page is past the end
-                return []
-            first = key(rows[0])
-            skipped = sum(1 for r in mine if (key(r) > first if descending else key(r) < first))
-        merged = sorted(rows + mine[skipped:], key=key, reverse=descending)
-        begin = q.offset - start - skipped
-        page = merged[begin : None if q.limit is None else begin + q.limit]
-        return [dict(r) if type(r) is _Live else r for r in page]
+    def _order(self, q: TaskQuery) -> tuple[Callable[[TaskRecord], tuple[Any, ...]], bool]:
+        return _order(q)
+
+    def _exclude(self, uuids: list[str]) -> str:
+        return json.dumps(uuids)
 
     def _stored(self, q: TaskQuery, node: Node | None, exclude: str | None = None) -> list[
         TaskRecord
@@ -858,34 +665,12 @@ class SqliteStore:
                 f"{sql} LIMIT ? OFFSET ?", [*_params(where), q.limit or -1, q.offset]
             )
             return [dict(zip(TASK_COLUMNS, row, strict=True)) for row in rows]
-        match, skip = compile_search(text), q.offset
-        out: list[TaskRecord] = []
-        for row in conn.execute(sql, _params(where)):
-            record = dict(zip(TASK_COLUMNS, row, strict=True))
-            if not match(record):
-                continue
-            if skip:
-                skip -= 1
-                continue
-            out.append(record)
-            if len(out) == q.limit:
-                break
-        return out
+        rows = conn.execute(sql, _params(where))
+        records = (dict(zip(TASK_COLUMNS, row, strict=True)) for row in rows)
+        return checked_page(records, compile_search(text), q.offset, q.limit)
 
-    def stats(self) -> dict[str, Any]:
-        """Counters for /metrics and the status page."""
-        return {
-            "pending": len(self._pending.keys() | self._inflight.keys()),  # not written yet
-            "tasks": self._count,
-            "written": self._written,
-            "throttled": self._throttled,  # puts that waited for a writer far behind
-            "flushes": self._flushes,
-            "pruned": self._pruned,
-            "last_flush_seconds": self._last_flush_seconds,
-            "write_errors": dict(self._errors),
-            "last_error": self._last_error,
-            "failing": self._failing,
-        }
+    def _tasks_known(self) -> int:
+        return self._count
 
     # --- aggregates for the UI (definitions in store/aggregates.py, SQL in sqlite_aggregates) --
 

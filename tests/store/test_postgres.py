@@ -21,8 +21,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from celeriac.constants import ALL_STATES
-from celeriac.state import State
 from celeriac.store.base import StoreError, TaskQuery
 from celeriac.store.pg_migrations import MIGRATIONS, migrate, schema_version
 from celeriac.store.postgres import PostgresStore
@@ -40,15 +38,12 @@ from tests.store.test_persistence import (
 from tests.store.test_search import QUERIES, corpus
 from tests.store.test_sqlite import (
     FILTERS,
-    NAMES,
     REPO,
     SLICES,
     SORTS,
-    T0,
     make,
     reference,
 )
-from tests.test_state import ev, lifecycle, new_id
 
 
 @pytest.fixture
@@ -182,96 +177,6 @@ def test_malformed_search_raises(store):
         store.query(TaskQuery(search='"open'))
 
 
-def test_values_come_back_exactly(store):
-    odd = make(1, result=7, eta="2024-01-01T00:00:00+00:00", retries=2**70, runtime=0.1 + 0.2)
-    odd.update(kwargs={"not": "a string"}, args=b"bytes", exchange=True, clock=-(2**63))
-    odd.update(traceback="nul\x00inside", sent=5, received="soon")
-    store.put(odd)
-    assert store.flush()
-    got = store.get("task-00001")
-    assert got is not None
-    assert got["result"] == 7 and got["runtime"] == 0.1 + 0.2
-    assert got["timestamp"] == odd["timestamp"]
-    assert got["retries"] == str(2**70) and got["kwargs"] == "{'not': 'a string'}"
-    assert got["args"] == "b'bytes'" and got["exchange"] == 1 and got["clock"] == -(2**63)
-    assert got["traceback"] == "nul\x00inside" and got["received"] == "soon"
-    assert got["sent"] == 5 and type(got["sent"]) is int
-    assert [r["uuid"] for r in store.query(TaskQuery(search="not': 'a str"))] == ["task-00001"]
-    assert store.stats()["write_errors"] == {}
-
-
-def test_put_is_visible_at_once_and_coalesced(postgres_url):
-    store = PostgresStore(postgres_url)  # no writer thread: nothing is written until flush()
-    record = make(1, state="RECEIVED")
-    store.put(record)
-    record.update(state="STARTED", started=T0 + 2)
-    store.put(record)
-    record.update(state="SUCCESS", result="'done'")
-    store.put(record)
-    got = store.get("task-00001")
-    assert got is not None and got["state"] == "SUCCESS" and got["children"] == []
-    assert store.query(TaskQuery()) == [record]  # listed before it is written
-    assert store.count() == 1
-    assert store.flush()
-    assert store.stats()["written"] == 1  # three puts, one row
-    assert store.query(TaskQuery()) == [dict(record)]
-    assert store.count_by_state() == {"SUCCESS": 1}
-    record.update(state="FAILURE")  # an update moves the count, it does not add one
-    store.put(record)
-    assert store.flush()
-    assert store.count_by_state() == {"FAILURE": 1} and store.count() == 1
-    store.close()
-
-
-def test_close_flushes_and_reopen_keeps_everything(postgres_url):
-    store = PostgresStore(postgres_url, flush_interval=10)  # close must flush
-    store.start()
-    records = [make(i) for i in range(300)]
-    for r in records:
-        store.put(r)
-    store.put_worker("celery@w1", {"hostname": "celery@w1", "loadavg": [0.1, 0.2, 0.3]})
-    store.close()
-    again = PostgresStore(postgres_url)
-    try:
-        assert again.count() == 300
-        assert again.task_types() == sorted({r["name"] for r in records if r["name"]})
-        for r in records:
-            assert again.get(r["uuid"]) == {**r, "children": []}
-        assert again.workers() == {
-            "celery@w1": {"hostname": "celery@w1", "loadavg": [0.1, 0.2, 0.3]}
-        }
-        assert again.count_by_state() == {
-            s: n for s in ALL_STATES if (n := sum(r["state"] == s for r in records))
-        }
-    finally:
-        again.close()
-
-
-def test_children_from_the_index_and_from_pending(postgres_url):
-    store = PostgresStore(postgres_url)
-    parent = make(1)
-    store.put(parent)
-    store.put(make(2, parent_id=parent["uuid"], root_id=parent["uuid"]))
-    store.put(make(3, parent_id=parent["uuid"], root_id=parent["uuid"]))
-    assert store.flush()
-    store.put(make(4, parent_id=parent["uuid"]))  # not written yet
-    store.put(make(5, parent_id="task-00005"))  # its own parent: not a child
-    assert store.children(parent["uuid"]) == ["task-00002", "task-00003", "task-00004"]
-    got = store.get(parent["uuid"])
-    assert got is not None and got["children"] == ["task-00002", "task-00003", "task-00004"]
-    assert store.flush()
-    late = make(6)
-    store.put(late)
-    assert store.flush()
-    late["parent_id"] = parent["uuid"]  # parent_id known only from a late event
-    store.put(late)
-    assert store.flush()
-    assert store.children(parent["uuid"])[-1] == "task-00006"
-    assert store.get("task-00002")["root_id"] == parent["uuid"]
-    assert store.children("task-00005") == []
-    store.close()
-
-
 SCRIPT = """
 import sys
 sys.path.insert(0, {repo!r})
@@ -315,38 +220,6 @@ def test_sigkill_keeps_what_was_flushed(postgres_url):
         assert [r["uuid"] for r in store.query(TaskQuery(search="r2999"))] == ["k002999"]
     finally:
         store.close()
-
-
-def test_retention_prunes_oldest_finished_only(postgres_url):
-    store = PostgresStore(postgres_url, max_tasks=50, flush_interval=0.01)
-    store.start()
-    running = [make(i, state="STARTED") for i in range(10)]  # the oldest of all
-    done = [make(i, state="SUCCESS", args=f"(arg{i},)") for i in range(10, 110)]
-    for r in running + done:
-        store.put(r)
-    assert store.flush()
-    assert store.flush()
-    kept = {r["uuid"] for r in store.query(TaskQuery())}
-    assert kept == {r["uuid"] for r in running + done[-40:]}
-    assert store.count() == 50 and store.stats()["pruned"] == 60
-    assert store.count_by_state() == {"STARTED": 10, "SUCCESS": 40}
-    assert store.query(TaskQuery(search="arg10,")) == []
-    assert [r["uuid"] for r in store.query(TaskQuery(search="arg109"))] == ["task-00109"]
-    store.close()
-
-
-def test_retention_by_age(postgres_url):
-    store = PostgresStore(postgres_url, max_age=3600, flush_interval=0.01)
-    store.start()
-    now = time.time()
-    old_done = make(1, state="FAILURE", timestamp=now - 7200)
-    old_running = make(2, state="RECEIVED", timestamp=now - 7200)
-    fresh = make(3, state="SUCCESS", timestamp=now - 60)
-    for r in (old_done, old_running, fresh):
-        store.put(r)
-    assert store.flush() and store.flush()
-    assert {r["uuid"] for r in store.query(TaskQuery())} == {"task-00002", "task-00003"}
-    store.close()
 
 
 def test_a_follower_does_not_write_or_prune(postgres_url, monkeypatch):
@@ -479,32 +352,6 @@ def test_a_lost_connection_is_reopened_and_loses_nothing(store, caplog):
         assert store._url.split(":")[2].split("@")[0] not in record.getMessage()
 
 
-def test_concurrent_readers_while_writing(store):
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def read() -> None:
-        try:
-            while not stop.is_set():
-                page = store.query(TaskQuery(limit=20, state="SUCCESS"))
-                assert all(r["state"] == "SUCCESS" for r in page)
-                store.query(TaskQuery(limit=5, search="user3"))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    readers = [threading.Thread(target=read) for _ in range(3)]
-    for t in readers:
-        t.start()
-    for i in range(3000):
-        store.put(make(i))
-    assert store.flush()
-    stop.set()
-    for t in readers:
-        t.join()
-    assert errors == []
-    assert store.count() == 3000
-
-
 def test_every_older_schema_version_is_upgraded_with_its_tasks(postgres_server):
     # A database made by each released version in turn, with tasks written by that version.
     records = [make(i) for i in range(40)]
@@ -525,101 +372,6 @@ def test_every_older_schema_version_is_upgraded_with_its_tasks(postgres_server):
             store.close()
         with psycopg.connect(url) as conn:
             assert schema_version(conn) == len(MIGRATIONS)
-
-
-def test_odd_names_and_hosts_are_kept_but_never_break_the_store(store):
-    # Events are untrusted: a name may come as a number and a hostname as a list.
-    store.put(make(1, name=5, worker=["w@h"]))
-    store.put(make(2, name="tasks.ok", worker="w@h"))
-    assert store.flush()
-    assert store.task_types() == ["tasks.ok"]
-    assert [r["uuid"] for r in store.query(TaskQuery(taskname="TASKS.OK"))] == ["task-00002"]
-    assert [r["uuid"] for r in store.query(TaskQuery(workername="w@h"))] == ["task-00002"]
-    assert store.count() == 2
-    odd = store.get("task-00001")
-    assert odd is not None and odd["name"] == 5 and odd["worker"] == "['w@h']"
-
-
-@pytest.mark.parametrize("sort", SORTS)
-def test_unwritten_tasks_are_merged_into_every_page(postgres_url, sort):
-    # No writer thread: the first 300 tasks are written, then 60 new ones and 40 changed ones
-    # wait unwritten; every page must be the reference's over what was put.
-    store = PostgresStore(postgres_url)
-    rng = random.Random(3)
-    records = {r["uuid"]: r for r in (make(i, rng) for i in range(300))}
-    for r in records.values():
-        store.put(dict(r))
-    assert store.flush()
-    for i in range(300, 360):
-        records[f"task-{i:05d}"] = make(i, rng)
-    changed = rng.sample(list(records.values())[:300], 40)
-    for j, r in enumerate(changed):  # later events: a new state, a later time
-        r.update(state=rng.choice(ALL_STATES), name=rng.choice(NAMES), timestamp=T0 + 900 + j)
-    for r in list(records.values())[300:] + changed:
-        store.put(dict(r))
-    everything = list(records.values())
-    sort_by, desc = sort
-    try:
-        for filters in [{}, {"state": "SUCCESS"}, {"taskname": "tasks.add"}]:
-            for search in [None, "user3", "kwargs:user=user3"]:
-                for limit, offset in [(None, 0), (10, 0), (10, 5), (7, 100), (25, 330),
-                                      (50, 345), (5, 2000)]:
-                    q = TaskQuery(limit=limit, offset=offset, sort_by=sort_by,
-                                  descending=bool(desc), search=search, **filters)
-                    got = store.query(q)
-                    want = reference(everything, q)
-                    assert [r["uuid"] for r in got] == [r["uuid"] for r in want], q
-                    assert got == want
-        assert store.count() == 360
-    finally:
-        store.close()
-
-
-def test_a_writer_far_behind_slows_the_puts_down_and_loses_nothing(postgres_url):
-    class Slow(PostgresStore):
-        def _write(self, rows, workers, names):
-            time.sleep(0.05)  # a database much slower than the events
-            super()._write(rows, workers, names)
-
-    store = Slow(postgres_url, flush_interval=0.01, max_pending=100)
-    store.start()
-    most = 0
-    for i in range(2000):
-        store.put(make(i))
-        most = max(most, store.stats()["pending"])
-    assert store.flush(timeout=30)
-    assert most <= 2 * 100  # at most a batch being written and a full one waiting
-    assert store.stats()["throttled"] > 0
-    assert store.count() == 2000
-    store.close()
-
-
-@pytest.mark.parametrize("written", [False, True], ids=["pending", "written"])
-def test_evicted_final_task_is_never_undone(postgres_url, written):
-    """The batched lookup (``get_many``) finds evicted tasks whether or not the writer has
-    written them yet; a late batch mixing them with new tasks undoes nothing."""
-    store = PostgresStore(postgres_url)
-    try:
-        state = State(store, cache_size=2)
-        done = [new_id() for _ in range(5)]
-        for u in done:
-            state.apply(lifecycle(u))
-        if written:
-            store.start()
-            assert store.flush(10)
-        late = [ev("task-received", u, 1, name="tests.late") for u in done]
-        late += [ev("task-started", u, 2) for u in done]
-        fresh = new_id()
-        state.apply([*late, *lifecycle(fresh)])
-        for u in done:
-            rec = state.task(u)
-            assert rec is not None and rec["state"] == "SUCCESS", rec
-            assert rec["result"] == "3" and rec["runtime"] == 0.01  # the stored record, merged
-        assert state.task(fresh)["state"] == "SUCCESS"
-        got = store.get_many([*done, "nope"])
-        assert set(got) == set(done) and all(r["children"] == [] for r in got.values())
-    finally:
-        store.close()
 
 
 def test_a_real_celeriac_on_postgres_keeps_every_task_across_restarts(
