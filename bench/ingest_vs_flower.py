@@ -161,6 +161,10 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=2000, help="tasks for realworkers.py")
     ap.add_argument("--skip-realworkers", action="store_true")
     ap.add_argument("--port", type=int, default=5760, help="monitor port (and the next one)")
+    ap.add_argument("--gen-procs", type=int, default=1, help="generator processes (ingest.py)")
+    ap.add_argument("--celeriac-src", default=None,
+                    help="run celeriac from this source tree (PYTHONPATH), e.g. a `git archive`"
+                         " snapshot, so that edits in the shared checkout do not change a run")
     ap.add_argument("--summarize", metavar="OUT", help="only print the tables of an earlier run")
     a = ap.parse_args()
     if a.summarize:
@@ -171,6 +175,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     dbs = Path(tempfile.mkdtemp(prefix="celeriac-bench-db-"))
     celeriac = CELERIAC % dbs
+    if a.celeriac_src:
+        src = Path(a.celeriac_src).resolve()
+        celeriac = celeriac.replace("exec {python}", f"exec env PYTHONPATH={src} {{python}}")
 
     sys.path.insert(0, str(REPO))
     from tests.fixtures.brokers import RabbitMQServer, RedisServer
@@ -193,13 +200,14 @@ def main() -> None:
                 run(
                     [a.python, "ingest.py", "--broker", url, "--cmd", "flower", "--vs", celeriac,
                      "--shell", "--labels", "flower,celeriac", "-k", str(k),
-                     "--rounds", str(a.rounds), "--port", str(a.port)],
+                     "--rounds", str(a.rounds), "--port", str(a.port),
+                     "--gen-procs", str(a.gen_procs)],
                     out, f"ingest-{kind}-k{k}", records,
                 )
             if not a.skip_realworkers:
                 # realworkers.py has no --shell: one run of each, so a fixed fresh file will do
-                rw = CELERIAC.replace("exec ", "").replace(
-                    '"$(mktemp -u %s/celeriac-XXXXXX.sqlite3)"', f"{dbs}/realworkers-{kind}.db"
+                rw = celeriac.replace("exec ", "").replace(
+                    f'"$(mktemp -u {dbs}/celeriac-XXXXXX.sqlite3)"', f"{dbs}/realworkers-{kind}.db"
                 )
                 run(
                     [a.python, "realworkers.py", "--broker", url, "--cmd", "flower",
