@@ -11,8 +11,6 @@ import logging
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -38,7 +36,6 @@ from tests.store.test_persistence import (
 from tests.store.test_search import QUERIES, corpus
 from tests.store.test_sqlite import (
     FILTERS,
-    REPO,
     SLICES,
     SORTS,
     make,
@@ -175,51 +172,6 @@ def test_like_wildcards_are_literal(store):
 def test_malformed_search_raises(store):
     with pytest.raises(SearchError):
         store.query(TaskQuery(search='"open'))
-
-
-SCRIPT = """
-import sys
-sys.path.insert(0, {repo!r})
-from celeriac.constants import TASK_FIELDS
-from celeriac.store.postgres import PostgresStore
-store = PostgresStore(sys.argv[1], flush_interval=0.01)
-store.start()
-i = 0
-while True:
-    for _ in range(100):
-        record = dict.fromkeys(f for f in TASK_FIELDS if f != "children")
-        record.update(uuid="k%06d" % i, name="tasks.kill", state="SUCCESS", timestamp=float(i),
-                      args="(%d,)" % i, result="'r%d'" % i)
-        store.put(record)
-        i += 1
-    if store.flush():
-        print(i, flush=True)
-"""
-
-
-def test_sigkill_keeps_what_was_flushed(postgres_url):
-    script = SCRIPT.format(repo=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, postgres_url], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    written = 0
-    for line in proc.stdout:
-        written = int(line)
-        if written >= 3000:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    assert written >= 3000
-    store = PostgresStore(postgres_url)
-    try:
-        assert store.count() >= written
-        assert store.count() == store.count_by_state()["SUCCESS"]
-        last = store.get(f"k{written - 1:06d}")
-        assert last is not None and last["result"] == f"'r{written - 1}'"
-        assert [r["uuid"] for r in store.query(TaskQuery(search="r2999"))] == ["k002999"]
-    finally:
-        store.close()
 
 
 def test_a_follower_does_not_write_or_prune(postgres_url, monkeypatch):

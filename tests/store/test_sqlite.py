@@ -11,11 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
 import sqlite3
 import stat
-import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -177,52 +174,6 @@ def test_the_planner_uses_every_plan(loaded):
         store.query(q)
         plans.add(store.last_plan)
     assert plans == {"index", "0", "search", "order"}
-
-
-SCRIPT = """
-import sys
-sys.path.insert(0, {repo!r})
-from celeriac.constants import TASK_FIELDS
-from celeriac.store.sqlite import SqliteStore
-store = SqliteStore(sys.argv[1], flush_interval=0.01)
-store.start()
-i = 0
-while True:
-    for _ in range(100):
-        record = dict.fromkeys(f for f in TASK_FIELDS if f != "children")
-        record.update(uuid="k%06d" % i, name="tasks.kill", state="SUCCESS", timestamp=float(i),
-                      args="(%d,)" % i, result="'r%d'" % i)
-        store.put(record)
-        i += 1
-    if store.flush():
-        print(i, flush=True)
-"""
-
-
-def test_sigkill_leaves_a_readable_database(db):
-    script = SCRIPT.format(repo=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", script, db], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    written = 0
-    for line in proc.stdout:
-        written = int(line)
-        if written >= 3000:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    assert written >= 3000
-    conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    conn.execute("INSERT INTO tasks_fts (tasks_fts) VALUES ('integrity-check')")
-    conn.close()
-    store = SqliteStore(db)
-    try:
-        assert store.count() >= written
-        last = store.get(f"k{written - 1:06d}")
-        assert last is not None and last["result"] == f"'r{written - 1}'"
-        assert [r["uuid"] for r in store.query(TaskQuery(search="r2999"))] == ["k002999"]
-    finally:
-        store.close()
 
 
 def _v_next(conn: sqlite3.Connection) -> None:

@@ -10,7 +10,10 @@ is tested in ``test_sqlite.py`` / ``test_postgres.py``.
 from __future__ import annotations
 
 import random
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +29,7 @@ from celeriac.store.base import TaskQuery
 from celeriac.store.memory import MemoryStore
 from celeriac.store.postgres import PostgresStore
 from celeriac.store.sqlite import SqliteStore
-from tests.store.test_sqlite import NAMES, SORTS, T0, make, reference
+from tests.store.test_sqlite import NAMES, REPO, SORTS, T0, make, reference
 from tests.test_state import ev, lifecycle, new_id
 
 
@@ -307,5 +310,55 @@ def test_evicted_final_task_is_never_undone(backend, written):
         assert state.applied == 3 * 5 + 10 + 3
         got = store.get_many([*done, "nope"])
         assert set(got) == set(done) and all(r["children"] == [] for r in got.values())
+    finally:
+        store.close()
+
+
+SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+from celeriac.constants import TASK_FIELDS
+from {module} import {cls}
+store = {cls}(sys.argv[1], flush_interval=0.01)
+store.start()
+i = 0
+while True:
+    for _ in range(100):
+        record = dict.fromkeys(f for f in TASK_FIELDS if f != "children")
+        record.update(uuid="k%06d" % i, name="tasks.kill", state="SUCCESS", timestamp=float(i),
+                      args="(%d,)" % i, result="'r%d'" % i)
+        store.put(record)
+        i += 1
+    if store.flush():
+        print(i, flush=True)
+"""
+
+
+def test_sigkill_keeps_what_was_flushed(backend):
+    script = SCRIPT.format(repo=str(REPO), module=backend.cls.__module__, cls=backend.cls.__name__)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, backend.where], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    written = 0
+    for line in proc.stdout:
+        written = int(line)
+        if written >= 3000:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert written >= 3000
+    if backend.name == "sqlite":  # the file and its text index are intact
+        conn = sqlite3.connect(backend.where)
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        conn.execute("INSERT INTO tasks_fts (tasks_fts) VALUES ('integrity-check')")
+        conn.close()
+    store = backend.open()
+    try:
+        assert store.count() >= written
+        assert store.count() == store.count_by_state()["SUCCESS"]
+        last = store.get(f"k{written - 1:06d}")
+        assert last is not None and last["result"] == f"'r{written - 1}'"
+        assert [r["uuid"] for r in store.query(TaskQuery(search="r2999"))] == ["k002999"]
     finally:
         store.close()
