@@ -146,8 +146,11 @@ def test_two_instances_on_one_database_both_show_every_task(shared, redis_broker
         wait_for(lambda m=monitor: all_done(m, ids), 20, message=f"{monitor.url} to show all")
     info = follower.client.get(f"/api/task/info/{ids[3]}").json()
     assert info["state"] == "SUCCESS" and info["result"] == "6" and info["args"] == "(3, 3)"
-    types = follower.client.get("/api/task/types").json()["task-types"]
-    assert "tests.apps.proj.add" in types or any(t.endswith(".add") for t in types)
+    def add_listed() -> bool:  # a follower re-reads the stored names every few seconds
+        types = follower.client.get("/api/task/types").json()["task-types"]
+        return any(t.endswith(".add") for t in types)
+
+    wait_for(add_listed, 10, 0.2, "the follower to list the task type")
     workers = wait_for(lambda: follower.client.get("/api/workers?status=true").json(), 10)
     assert any(up for up in workers.values()), workers  # from the stored heartbeats
     # Remote control from the follower: inspect and a pool change reach the worker.
