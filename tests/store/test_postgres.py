@@ -304,28 +304,6 @@ def test_a_lost_connection_is_reopened_and_loses_nothing(store, caplog):
         assert store._url.split(":")[2].split("@")[0] not in record.getMessage()
 
 
-def test_every_older_schema_version_is_upgraded_with_its_tasks(postgres_server):
-    # A database made by each released version in turn, with tasks written by that version.
-    records = [make(i) for i in range(40)]
-    for version in range(1, len(MIGRATIONS)):
-        url = postgres_server.new_url(f"v{version}")
-        old = PostgresStore(url, migrations=MIGRATIONS[:version])
-        for r in records:
-            old.put(dict(r))
-        old.close()
-        store = PostgresStore(url)
-        try:
-            for q in [TaskQuery(), TaskQuery(sort_by="name", limit=15, offset=3),
-                      TaskQuery(sort_by="state", descending=True), TaskQuery(search="bad 11")]:
-                assert store.query(q) == reference(records, q), (version, q)
-            assert store.count() == 40 and store.task_types() == sorted(
-                {r["name"] for r in records if r["name"]})
-        finally:
-            store.close()
-        with psycopg.connect(url) as conn:
-            assert schema_version(conn) == len(MIGRATIONS)
-
-
 def test_a_real_celeriac_on_postgres_keeps_every_task_across_restarts(
     redis_broker, celery_worker, celeriac_server, postgres_url
 ):

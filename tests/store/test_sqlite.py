@@ -329,26 +329,3 @@ def test_writer_thread_survives_errors_and_recovers(db):
     assert store.flush(timeout=5)
     assert store.count() == 50
     store.close()
-
-
-def test_every_older_schema_version_is_upgraded_with_its_tasks(tmp_path):
-    # A database made by each released version in turn, with tasks written by that version.
-    records = [make(i) for i in range(40)]
-    for version in range(1, len(MIGRATIONS)):
-        db = str(tmp_path / f"v{version}.db")
-        old = SqliteStore(db, migrations=MIGRATIONS[:version])
-        for r in records:
-            old.put(dict(r))
-        old.close()
-        store = SqliteStore(db)
-        try:
-            for q in [TaskQuery(), TaskQuery(sort_by="name", limit=15, offset=3),
-                      TaskQuery(sort_by="state", descending=True), TaskQuery(search="bad 11")]:
-                assert store.query(q) == reference(records, q), (version, q)
-            assert store.count() == 40 and store.task_types() == sorted(
-                {r["name"] for r in records if r["name"]})
-        finally:
-            store.close()
-        conn = sqlite3.connect(db)
-        assert schema_version(conn) == len(MIGRATIONS)
-        conn.close()

@@ -25,6 +25,8 @@ import pytest
 
 from celeriac.constants import ALL_STATES
 from celeriac.state import State
+from celeriac.store import migrations as sqlite_migrations
+from celeriac.store import pg_migrations
 from celeriac.store.base import TaskQuery
 from celeriac.store.memory import MemoryStore
 from celeriac.store.postgres import PostgresStore
@@ -45,6 +47,23 @@ class Backend:
     def open(self, **options: Any) -> Any:
         return self.cls(self.where, **options)
 
+    @property
+    def migrations(self) -> tuple[Any, ...]:
+        module = sqlite_migrations if self.cls is SqliteStore else pg_migrations
+        return tuple(module.MIGRATIONS)
+
+    def schema_version(self, where: str) -> int:
+        if self.cls is SqliteStore:
+            conn = sqlite3.connect(where)
+            try:
+                return sqlite_migrations.schema_version(conn)
+            finally:
+                conn.close()
+        import psycopg
+
+        with psycopg.connect(where) as pg:
+            return pg_migrations.schema_version(pg)
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend | None:
@@ -54,6 +73,17 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend | None:
     if request.param == "postgres":
         return Backend("postgres", PostgresStore, request.getfixturevalue("postgres_url"))
     return None
+
+
+@pytest.fixture
+def fresh_place(
+    backend: Backend, request: pytest.FixtureRequest, tmp_path: Path
+) -> Any:
+    """``fresh_place(label)``: another empty file or database for the backend."""
+    if backend.cls is SqliteStore:
+        return lambda label: str(tmp_path / f"{label}.db")
+    server = request.getfixturevalue("postgres_server")
+    return server.new_url
 
 
 @pytest.fixture
@@ -362,3 +392,25 @@ def test_sigkill_keeps_what_was_flushed(backend):
         assert [r["uuid"] for r in store.query(TaskQuery(search="r2999"))] == ["k002999"]
     finally:
         store.close()
+
+
+def test_every_older_schema_version_is_upgraded_with_its_tasks(backend, fresh_place):
+    # A database made by each released version in turn, with tasks written by that version.
+    migrations = backend.migrations
+    records = [make(i) for i in range(40)]
+    for version in range(1, len(migrations)):
+        where = fresh_place(f"v{version}")
+        old = backend.cls(where, migrations=migrations[:version])
+        for r in records:
+            old.put(dict(r))
+        old.close()
+        store = backend.cls(where)
+        try:
+            for q in [TaskQuery(), TaskQuery(sort_by="name", limit=15, offset=3),
+                      TaskQuery(sort_by="state", descending=True), TaskQuery(search="bad 11")]:
+                assert store.query(q) == reference(records, q), (version, q)
+            assert store.count() == 40 and store.task_types() == sorted(
+                {r["name"] for r in records if r["name"]})
+        finally:
+            store.close()
+        assert backend.schema_version(where) == len(migrations)
