@@ -426,7 +426,7 @@ class Metrics:
         GCCollector(registry=self.registry)
         self.queue_lengths: dict[str, int] | None = None
         self.reader = LengthReader(cluster.control, cluster.app)
-        cluster.state.observer = self.tally
+        cluster.state.observe(self.tally)
 
     async def read_queues(self, timeout: float = QUEUE_TIMEOUT) -> None:
         """The broker's queue lengths, on a thread, at most one read at a time, bounded."""

@@ -127,10 +127,16 @@ class State:
         self.ignored = 0
         self.last_event_at: float | None = None
         self._fetched: dict[str, TaskRecord | None] = {}  # this batch's store lookups
-        self.observer: EventObserver | None = None
+        self.observers: list[EventObserver] = []  # see observe()
         # Workers as last stored: listed (offline) after a restart until they are heard again.
         for hostname, saved in store.workers().items():
             self._workers[hostname] = WorkerState.restored(hostname, saved)
+
+    def observe(self, observer: EventObserver) -> None:
+        """Tell ``observer`` of every event applied from now on (the metrics' tally, the
+        alerts' tap): each is called in turn, on the ingest thread, under the state's lock."""
+        with self._lock:
+            self.observers.append(observer)
 
     # -- ingest -----------------------------------------------------------------------------
     def apply(self, events: Iterable[Event]) -> None:
@@ -222,8 +228,8 @@ class State:
         if clock is not None and (rec["clock"] is None or clock > rec["clock"]):
             rec["clock"] = clock
         self._store.put(rec)
-        if self.observer is not None:
-            self.observer.task_event(kind, ev, rec)
+        for observer in self.observers:
+            observer.task_event(kind, ev, rec)
         return True
 
     def _merge_state(self, rec: TaskRecord, uuid: str, new: str, clock: int | None) -> None:
@@ -270,8 +276,8 @@ class State:
             w.offline_event = False
             w.last_seen = now
         self._store.put_worker(hostname, w.saved())
-        if self.observer is not None:
-            self.observer.worker_event(kind, ev)
+        for observer in self.observers:
+            observer.worker_event(kind, ev)
         return True
 
     # -- reads ------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ def test_offline_workers_leave_their_series_and_forgotten_ones_all() -> None:
 def test_label_values_are_capped() -> None:
     tally = EventTally(max_names=3, max_hosts=2)
     state = State(MemoryStore(100))
-    state.observer = tally
+    state.observe(tally)
     now = time.time()
     for i in range(10):
         state.apply(task_events(f"u{i}", f"tests.t{i}", f"w{i}@h", now))
@@ -184,7 +184,7 @@ def test_label_values_are_capped() -> None:
 def test_worker_and_task_pairs_are_capped() -> None:
     tally = EventTally(max_names=100, max_hosts=100, max_pairs=4)
     state = State(MemoryStore(1000))
-    state.observer = tally
+    state.observe(tally)
     now = time.time()
     for w in range(3):
         for t in range(3):

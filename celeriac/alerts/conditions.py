@@ -2,9 +2,9 @@
 
 Two conditions need more than the state keeps: failure rates need finished tasks counted by
 time, and long-running tasks need to know which tasks are running. The :class:`EventTap` sees
-every applied event (it sits beside the state's other observer) and keeps exactly that, in
-memory bounded by the largest window and a cap on task names: a few dict operations per
-event, under a lock of its own, so evaluating rules never holds up ingestion.
+every applied event (one of the state's observers, beside the metrics' tally) and keeps
+exactly that, in memory bounded by the largest window and a cap on task names: a few dict
+operations per event, under a lock of its own, so evaluating rules never holds up ingestion.
 
 Every ``observe_*`` function returns one :class:`Observation` per instance of a rule (a task
 type, a queue, a worker, a task): whether its condition holds now, and words for it.
@@ -20,7 +20,7 @@ from typing import Any
 
 from celeriac.alerts.rules import Rule, fmt_seconds
 from celeriac.events.base import Event
-from celeriac.state import EventObserver, State
+from celeriac.state import State
 from celeriac.store.base import TaskRecord
 
 #: Task names counted for failure rates; names beyond these are not counted (bounded memory).
@@ -124,29 +124,6 @@ class EventTap:
     def running(self) -> dict[str, Running]:
         with self._lock:
             return dict(self._running)
-
-
-class Tee:
-    """Two observers where the state has room for one: the one it had, and the tap."""
-
-    def __init__(self, first: EventObserver | None, second: EventObserver) -> None:
-        self.first = first
-        self.second = second
-
-    def task_event(self, kind: str, ev: Event, rec: TaskRecord) -> None:
-        if self.first is not None:
-            self.first.task_event(kind, ev, rec)
-        self.second.task_event(kind, ev, rec)
-
-    def worker_event(self, kind: str, ev: Event) -> None:
-        if self.first is not None:
-            self.first.worker_event(kind, ev)
-        self.second.worker_event(kind, ev)
-
-
-def attach(state: State, tap: EventTap) -> None:
-    """Put the tap beside whatever observes the state already (the metrics' tally)."""
-    state.observer = Tee(state.observer, tap)
 
 
 # -- the conditions -------------------------------------------------------------------------

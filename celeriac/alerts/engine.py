@@ -24,7 +24,6 @@ import httpx
 from celeriac.alerts.conditions import (
     EventTap,
     Observation,
-    attach,
     consumed_queues,
     observe_failure_rate,
     observe_long_running,
@@ -74,7 +73,7 @@ class AlertEngine:
 
     # -- lifecycle (on the server's loop) ---------------------------------------------------
     def start(self) -> None:
-        attach(self.cluster.state, self.tap)
+        self.cluster.state.observe(self.tap)
         self.started_at = self.watching_since = time.time()
         self.notifier.start()
         self._task = asyncio.create_task(self._loop(), name="celeriac-alerts")

@@ -45,7 +45,8 @@ class Recorder:
 
 def test_the_state_keeps_its_other_observer(receiver: Callable[..., Receiver]) -> None:
     state = State(MemoryStore(100))
-    first = state.observer = Recorder()
+    first = Recorder()
+    state.observe(first)
     engine = engine_for(state, receiver(), [
         {"name": "stuck", "kind": "long_running_task", "above": 60}])
 
