@@ -41,7 +41,7 @@ from starlette.routing import Route
 from celeriac import __version__
 from celeriac.cluster import Cluster
 from celeriac.events.base import Event
-from celeriac.queues import LengthReader
+from celeriac.queues import LengthReader, reported_queues
 from celeriac.store.base import TaskQuery, TaskRecord, TaskStore
 
 log = logging.getLogger("celeriac.metrics")
@@ -442,7 +442,7 @@ class Metrics:
             await asyncio.wait_for(asyncio.shield(cluster.fill_workers()), timeout)
         except Exception as exc:  # a slow or failed inspect: the queues known so far
             log.debug("metrics: worker inspect failed: %r", exc)
-        names = _queue_names(cluster)
+        names = reported_queues(cluster.worker_info, cluster.app)
         left = max(timeout - (time.monotonic() - started), 0.1)
         try:
             self.queue_lengths = await self.reader.read(names, left)
@@ -453,20 +453,6 @@ class Metrics:
     def render(self, accept: str | None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
-
-
-def _queue_names(cluster: Cluster) -> list[str]:
-    """What /api/queues/length reports: the queues workers consume, else the app's own."""
-    names: set[str] = set()
-    for info in list(cluster.worker_info.values()):
-        for q in info.get("active_queues") or ():
-            if isinstance(q, dict) and isinstance(q.get("name"), str):
-                names.add(q["name"])
-    if not names:
-        conf = cluster.app.conf
-        names.add(conf.task_default_queue)
-        names.update(q.name for q in conf.task_queues or () if getattr(q, "name", None))
-    return sorted(names)
 
 
 async def metrics(request: Request) -> Response:

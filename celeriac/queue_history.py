@@ -22,7 +22,7 @@ from array import array
 from bisect import bisect_left
 from typing import TYPE_CHECKING
 
-from celeriac.queues import LengthReader
+from celeriac.queues import LengthReader, queue_consumers
 
 if TYPE_CHECKING:
     from celeriac.cluster import Cluster
@@ -101,11 +101,7 @@ def watched_queues(cluster: Cluster, already: list[str]) -> list[str]:
     """Queues sampled already first, then the consumed and the app's ones, in a stable order:
     the first ``MAX_QUEUES`` are sampled, the rest reported as dropped."""
     names = dict.fromkeys(already)
-    fresh: set[str] = set()
-    for info in list(cluster.worker_info.values()):
-        for q in info.get("active_queues") or ():
-            if isinstance(q, dict) and isinstance(q.get("name"), str):
-                fresh.add(q["name"])
+    fresh = set(queue_consumers(cluster.worker_info))
     fresh.update(str(n) for n in list(cluster.app.amqp.queues or {}))
     names.update(dict.fromkeys(sorted(fresh)))
     return list(names)

@@ -19,6 +19,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("celeriac.queues")
 
 
+def queue_consumers(worker_info: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Each queue some worker consumes, as last inspected (``active_queues``), with the names
+    of those workers, in order."""
+    consumers: dict[str, list[str]] = {}
+    for worker, info in sorted(list(worker_info.items())):
+        for q in info.get("active_queues") or ():
+            if isinstance(q, dict) and isinstance(q.get("name"), str) and q["name"]:
+                consumers.setdefault(q["name"], []).append(worker)
+    return consumers
+
+
+def reported_queues(worker_info: dict[str, dict[str, Any]], app: Celery) -> list[str]:
+    """The queues ``/api/queues/length`` reports: those the workers consume, else (as Flower,
+    with no worker to ask) the ones the app declares."""
+    names = set(queue_consumers(worker_info))
+    if not names:
+        conf = app.conf
+        names.add(conf.task_default_queue)
+        names.update(q.name for q in conf.task_queues or () if getattr(q, "name", None))
+    return sorted(names)
+
+
 def queue_lengths(app: Celery, names: list[str]) -> dict[str, int]:
     """Messages waiting in each queue. Blocking: call it from a thread."""
     if not names:

@@ -16,7 +16,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 from celeriac.alerts.rules import Rule, fmt_seconds
 from celeriac.events.base import Event
@@ -206,13 +205,3 @@ def observe_silence(rule: Rule, last_event_at: float | None, watching_since: flo
         text = "events are arriving"
     return [Observation("", "event stream", quiet >= rule.duration, text, round(quiet, 3),
                         last)]
-
-
-def consumed_queues(worker_info: dict[str, dict[str, Any]], default: str) -> list[str]:
-    """The queues some worker consumes (as inspected), else the app's default queue."""
-    names: set[str] = set()
-    for info in list(worker_info.values()):
-        for q in info.get("active_queues") or ():
-            if isinstance(q, dict) and isinstance(q.get("name"), str):
-                names.add(q["name"])
-    return sorted(names or {default})

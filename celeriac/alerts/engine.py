@@ -24,7 +24,6 @@ import httpx
 from celeriac.alerts.conditions import (
     EventTap,
     Observation,
-    consumed_queues,
     observe_failure_rate,
     observe_long_running,
     observe_queue_length,
@@ -34,7 +33,7 @@ from celeriac.alerts.conditions import (
 from celeriac.alerts.notify import Notifier
 from celeriac.alerts.rules import AlertConfig, Kind, Rule, load_config
 from celeriac.alerts.tracker import Phase, Tracker, hold_for
-from celeriac.queues import LengthReader
+from celeriac.queues import LengthReader, queue_consumers
 from celeriac.settings import Settings
 
 if TYPE_CHECKING:
@@ -169,7 +168,9 @@ class AlertEngine:
                 log.debug("alerts: worker inspect failed: %r", exc)
         for rule in self.config.rules:
             if rule.kind is Kind.QUEUE_LENGTH:
-                names.update(rule.queues or consumed_queues(cluster.worker_info, default))
+                names.update(
+                    rule.queues or sorted(queue_consumers(cluster.worker_info)) or [default]
+                )
         if self._reader is None:
             self._reader = LengthReader(cluster.control, cluster.app)
         try:

@@ -21,21 +21,13 @@ from starlette.routing import Route
 from celeriac.api.errors import APIError
 from celeriac.api.responses import json_response
 from celeriac.api.tasks import cluster_of
+from celeriac.queues import queue_consumers
 
 log = logging.getLogger("celeriac.broker")
 
 
 class UnknownQueue(LookupError):
     pass
-
-
-def consumed_queues(worker_info: dict[str, dict[str, Any]]) -> set[str]:
-    names: set[str] = set()
-    for info in worker_info.values():
-        for q in info.get("active_queues") or ():
-            if isinstance(q, dict) and q.get("name"):
-                names.add(str(q["name"]))
-    return names
 
 
 def purge_queue(app: Celery, name: str, known: bool) -> int:
@@ -59,7 +51,7 @@ async def purge(request: Request) -> Response:
     name = request.path_params["name"]
     if not name:
         raise APIError(400, "Missing queue name")
-    known = name in consumed_queues(cluster.worker_info) or name in (
+    known = name in queue_consumers(cluster.worker_info) or name in (
         cluster.app.amqp.queues or {}
     )
     try:

@@ -14,7 +14,7 @@ from celeriac.api.params import arguments, get_bool, get_int, get_str
 from celeriac.api.responses import json_response
 from celeriac.api.tasks import cluster_of
 from celeriac.cluster import Cluster
-from celeriac.queues import queue_lengths
+from celeriac.queues import queue_lengths, reported_queues
 
 #: The most processes one grow or shrink may add or remove: a typo of n=10000000 must not make
 #: a worker fork until the machine gives out (call again to go further).
@@ -129,17 +129,7 @@ async def cancel_consumer(request: Request) -> Response:
 async def queues_length(request: Request) -> Response:
     cluster = cluster_of(request)
     await cluster.refresh_queues()
-    names: set[str] = set()
-    for info in cluster.worker_info.values():
-        for q in info.get("active_queues") or ():
-            if isinstance(q, dict) and q.get("name"):
-                names.add(q["name"])
-    if not names:
-        # As Flower: with no worker to ask, the queues the app declares.
-        conf = cluster.app.conf
-        names.add(conf.task_default_queue)
-        names.update(q.name for q in conf.task_queues or () if getattr(q, "name", None))
-    ordered = sorted(names)
+    ordered = reported_queues(cluster.worker_info, cluster.app)
     lengths = await cluster.control.run(queue_lengths, cluster.app, ordered)
     return json_response(
         {"active_queues": [{"name": n, "messages": lengths.get(n, 0)} for n in ordered]}

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from celeriac.api.tasks import cluster_of
 from celeriac.constants import ALL_STATES
-from celeriac.queues import queue_lengths
+from celeriac.queues import queue_consumers, queue_lengths
 from celeriac.web.hub import count_tasks, worker_summary
 from celeriac.web.insights import history_section, queue_section
 from celeriac.web.markup import esc, json_script, page, path_part, table
@@ -89,11 +89,7 @@ async def broker_page(request: Request) -> Response:
     cluster = cluster_of(request)
     if not cluster.worker_info:
         await refresh(request)
-    consumers: dict[str, list[str]] = {}
-    for worker, info in sorted(cluster.worker_info.items()):
-        for q in info.get("active_queues") or ():
-            if isinstance(q, dict) and q.get("name"):
-                consumers.setdefault(str(q["name"]), []).append(worker)
+    consumers = queue_consumers(cluster.worker_info)
     names = sorted(consumers)
     lengths = await cluster.control.run(queue_lengths, cluster.app, names)
     waits = cluster.state.queue_waits(WAIT_WINDOW)
