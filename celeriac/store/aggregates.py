@@ -3,9 +3,10 @@
 The UI asks every store the same questions: tasks finished per time bucket, the same per task
 type with runtime percentiles, failed tasks grouped by task name and exception type, and every
 task matching a filter, page by page (exports and bulk actions). A store that can answer them
-itself (SqliteStore, in SQL) has the methods of :class:`AggregateStore`, an optional extra of
-the store interface looked up with ``getattr``; for any other store (MemoryStore) the functions
-here answer over its records, with the same definitions, so every store gives the same numbers:
+itself (SqliteStore and PostgresStore, in SQL) has the methods of :class:`AggregateStore`, an
+optional extra of the store interface looked up with ``getattr``; for any other store
+(MemoryStore) the functions here answer over its records, with the same definitions, so every
+store gives the same numbers:
 
 - a task counts in the bucket of its last event's ``timestamp`` (for a finished task that is
   when it finished), buckets being ``int((timestamp - since) // bucket)``;

@@ -32,6 +32,8 @@ from psycopg_pool import ConnectionPool
 
 from celeriac.constants import FINAL_STATES
 from celeriac.settings import redact_url
+from celeriac.store import pg_aggregates
+from celeriac.store.aggregates import Bucket, FailureGroup, TypeBucket
 from celeriac.store.base import StoreError, TaskQuery, TaskRecord, plain
 from celeriac.store.pg_migrations import (
     COLUMN_TYPES,
@@ -42,7 +44,7 @@ from celeriac.store.pg_migrations import (
 )
 from celeriac.store.pg_search import search_condition
 from celeriac.store.query import checked_page
-from celeriac.store.search import Node, compile_search
+from celeriac.store.search import Node, compile_search, parse_search
 from celeriac.store.writer import OVERLAY_MAX, BatchingStore, Live
 
 __all__ = ["PostgresStore", "StoreError"]
@@ -183,6 +185,24 @@ def _py_order(q: TaskQuery) -> tuple[Callable[[TaskRecord], tuple[Any, ...]], bo
         return (True, v.translate(_ASCII_LOWER) if fold else v, r.get("uuid") or "")
 
     return by_key, q.descending
+
+
+def _filters(q: TaskQuery) -> tuple[list[str], list[Any]]:
+    """The conditions of ``q``'s filters (not its search) and their parameters."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, wanted in (("state", q.state), ("name", q.taskname), ("worker", q.workername)):
+        if wanted:
+            where.append(f"lower({column}) = %s")
+            params.append(wanted.lower())
+    # Inclusive bounds, and a task not received yet is not filtered out (Flower's rule).
+    if q.received_start is not None:
+        where.append("(received IS NULL OR received >= %s)")
+        params.append(q.received_start)
+    if q.received_end is not None:
+        where.append("(received IS NULL OR received <= %s)")
+        params.append(q.received_end)
+    return where, params
 
 
 def _columns(record: TaskRecord) -> Row:
@@ -545,19 +565,7 @@ class PostgresStore(BatchingStore):
         self, q: TaskQuery, node: Node | None, exclude: list[str] | None = None
     ) -> list[TaskRecord]:
         """The written tasks matching ``q``, without those in ``exclude``."""
-        where: list[str] = []
-        params: list[Any] = []
-        for column, wanted in (("state", q.state), ("name", q.taskname), ("worker", q.workername)):
-            if wanted:
-                where.append(f"lower({column}) = %s")
-                params.append(wanted.lower())
-        # Inclusive bounds, and a task not received yet is not filtered out (Flower's rule).
-        if q.received_start is not None:
-            where.append("(received IS NULL OR received >= %s)")
-            params.append(q.received_start)
-        if q.received_end is not None:
-            where.append("(received IS NULL OR received <= %s)")
-            params.append(q.received_end)
+        where, params = _filters(q)
         search = None if node is None else search_condition(node)
         if search is not None:
             where.append(f"({search.sql})")
@@ -599,6 +607,35 @@ class PostgresStore(BatchingStore):
 
     def _tasks_known(self) -> int:
         return self._known_count  # as of the last flush or count(): no query here
+
+    # --- aggregates for the UI (definitions in store/aggregates.py, SQL in pg_aggregates) ----
+
+    def throughput(self, since: float, bucket: float) -> list[Bucket]:
+        return pg_aggregates.throughput(self._reader, since, bucket)
+
+    def task_type_stats(
+        self, since: float, bucket: float, name: str | None = None
+    ) -> list[TypeBucket]:
+        return pg_aggregates.task_type_stats(self._reader, since, bucket, name)
+
+    def failure_groups(self, since: float, bucket: float) -> list[FailureGroup]:
+        return pg_aggregates.failure_groups(self._reader, since, bucket)
+
+    def iter_matching(self, q: TaskQuery, batch: int = 1000) -> Iterator[list[TaskRecord]]:
+        """See AggregateStore.iter_matching; a malformed search raises here, before any page.
+        Only what is written is read: ``store_matching`` flushes first."""
+        node = parse_search(q.search)
+        where, params = _filters(q)
+        check = None
+        if node is not None:
+            search = search_condition(node)
+            where.append(search.sql)
+            params.extend(search.params)
+            check = None if search.exact else compile_search(node)
+        return pg_aggregates.keyset_pages(
+            self._reader, f"SELECT id, timestamp, {_COLS}, extra FROM tasks", where, params,
+            _record, check, max(1, batch),
+        )  # fmt: skip
 
     def stats(self) -> dict[str, Any]:
         """Counters for /metrics and the status page."""

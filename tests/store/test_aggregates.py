@@ -1,12 +1,13 @@
-"""The aggregates behind the UI's charts, failure groups and exports: SQLite answers in SQL what
-the memory store answers in Python, and both give the same numbers on the same tasks."""
+"""The aggregates behind the UI's charts, failure groups and exports: SQLite and PostgreSQL
+answer in SQL what the memory store answers in Python, and all give the same numbers on the
+same tasks. Each test of a persistent store runs on both backends (``db``), as in
+``test_stores.py``."""
 
 from __future__ import annotations
 
 import random
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,9 @@ from celeriac.store.aggregates import (
 )
 from celeriac.store.base import TaskQuery, TaskRecord
 from celeriac.store.memory import MemoryStore
+from celeriac.store.postgres import PostgresStore
 from celeriac.store.sqlite import SqliteStore
+from tests.fixtures.postgres import PostgresServer
 
 NOW = 1_800_000_000.0
 STATES = ("SUCCESS", "SUCCESS", "SUCCESS", "FAILURE", "STARTED", "PENDING", "REVOKED")
@@ -47,48 +50,71 @@ def records(n: int, seed: int = 3) -> list[TaskRecord]:
     return out
 
 
-@pytest.fixture
-def stores(tmp_path: Path) -> Iterator[tuple[MemoryStore, SqliteStore]]:
-    memory, sqlite = MemoryStore(100_000), SqliteStore(str(tmp_path / "t.db"))
+Db = SqliteStore | PostgresStore
+
+
+@pytest.fixture(scope="module")
+def memory() -> MemoryStore:
+    store = MemoryStore(100_000)
     for r in records(2500):
-        memory.put(dict(r))
-        sqlite.put(dict(r))
-    assert sqlite.flush()
-    yield memory, sqlite
-    sqlite.close()
+        store.put(dict(r))
+    return store
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def db(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Db]:
+    """The same tasks in a persistent store, loaded once per module and backend (the tests
+    only read)."""
+    if request.param == "sqlite":
+        store: Db = SqliteStore(str(tmp_path_factory.mktemp("agg") / "t.db"))
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        store = PostgresStore(server.new_url("aggregates"))
+    for r in records(2500):
+        store.put(dict(r))
+    assert store.flush()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def stores(memory: MemoryStore, db: Db) -> tuple[MemoryStore, Db]:
+    return memory, db
 
 
 @pytest.mark.parametrize(("since", "bucket"), [(NOW - 900, 30), (NOW - 3600, 60),
                                                (NOW - 86400, 900), (0.0, 1e9)])
 def test_both_stores_give_the_same_numbers(
-    stores: tuple[MemoryStore, SqliteStore], since: float, bucket: float
+    stores: tuple[MemoryStore, Db], since: float, bucket: float
 ) -> None:
-    memory, sqlite = stores
-    assert sqlite.throughput(since, bucket) == aggregates.throughput(
+    memory, db = stores
+    assert db.throughput(since, bucket) == aggregates.throughput(
         memory.query(TaskQuery()), since, bucket)
-    assert store_throughput(sqlite, since, bucket) == store_throughput(memory, since, bucket)
-    assert store_type_stats(sqlite, since, bucket) == store_type_stats(memory, since, bucket)
-    assert store_type_stats(sqlite, since, bucket, "a.ADD") == store_type_stats(
+    assert store_throughput(db, since, bucket) == store_throughput(memory, since, bucket)
+    assert store_type_stats(db, since, bucket) == store_type_stats(memory, since, bucket)
+    assert store_type_stats(db, since, bucket, "a.ADD") == store_type_stats(
         memory, since, bucket, "a.ADD")
-    assert store_failure_groups(sqlite, since, bucket) == store_failure_groups(
+    assert store_failure_groups(db, since, bucket) == store_failure_groups(
         memory, since, bucket)
 
 
-def test_counts_are_right(stores: tuple[MemoryStore, SqliteStore]) -> None:
-    _, sqlite = stores
+def test_counts_are_right(stores: tuple[MemoryStore, Db]) -> None:
+    _, db = stores
     rows = records(2500)
     since = NOW - 3600
     recent = [r for r in rows if r["timestamp"] is not None and r["timestamp"] >= since]
-    buckets = sqlite.throughput(since, 60)
+    buckets = db.throughput(since, 60)
     assert sum(b.succeeded for b in buckets) == sum(r["state"] == "SUCCESS" for r in recent)
     assert sum(b.failed for b in buckets) == sum(r["state"] == "FAILURE" for r in recent)
-    groups = sqlite.failure_groups(since, 60)
+    groups = db.failure_groups(since, 60)
     assert sum(g.count for g in groups) == sum(r["state"] == "FAILURE" for r in rows)
     assert {g.exception_type for g in groups} == {"KeyError", "Boom", "", "ValueError", "E"}
     for g in groups:
         assert g.first is not None and g.last is not None and g.first <= g.last
         assert sum(g.series.values()) <= g.count
-    whole = sqlite.task_type_stats(since, 3600.0)
+    whole = db.task_type_stats(since, 3600.0)
     assert {t.index for t in whole} == {0}
 
 
@@ -108,29 +134,31 @@ def test_percentiles_are_nearest_rank() -> None:
                                    TaskQuery(search="12"  " AND a.add"),
                                    TaskQuery(received_start=NOW - 10)])
 def test_matching_pages_hold_every_match_once_newest_first(
-    stores: tuple[MemoryStore, SqliteStore], query: TaskQuery, batch: int
+    stores: tuple[MemoryStore, Db], query: TaskQuery, batch: int
 ) -> None:
-    memory, sqlite = stores
-    pages = list(store_matching(sqlite, query, batch))
+    memory, db = stores
+    pages = list(store_matching(db, query, batch))
     assert all(len(p) == batch for p in pages[:-1])
     got = [r["uuid"] for p in pages for r in p]
     assert len(got) == len(set(got))
-    expected = sqlite.query(query)  # the table's own answer, newest first
+    expected = db.query(query)  # the table's own answer, newest first
     assert got == [r["uuid"] for r in expected]
     assert sorted(got) == sorted(r["uuid"] for p in store_matching(memory, query) for r in p)
-    assert got[-1:] == [] or sqlite.get(got[-1]) is not None
+    assert got[-1:] == [] or db.get(got[-1]) is not None
 
 
 def test_a_malformed_search_raises_before_any_page(
-    stores: tuple[MemoryStore, SqliteStore]
+    stores: tuple[MemoryStore, Db]
 ) -> None:
     for store in stores:
         with pytest.raises(ValueError, match="missing"):
             store_matching(store, TaskQuery(search="(a.add"))
 
 
-def test_throughput_reads_only_the_state_index(stores: tuple[MemoryStore, SqliteStore]) -> None:
+def test_throughput_reads_only_the_state_index(stores: tuple[MemoryStore, Db]) -> None:
     _, sqlite = stores
+    if not isinstance(sqlite, SqliteStore):
+        pytest.skip("SQLite's plan")
     conn = sqlite3.connect(sqlite.path)
     plan = " ".join(str(r) for r in conn.execute(
         "EXPLAIN QUERY PLAN SELECT CAST((timestamp - 0) / 60 AS INTEGER) AS b, "
@@ -141,9 +169,9 @@ def test_throughput_reads_only_the_state_index(stores: tuple[MemoryStore, Sqlite
 
 
 class PlainStore:
-    """A store with nothing but ``query`` (as PostgreSQL has, for now): read through pages."""
+    """A store with nothing but ``query``: read through pages."""
 
-    def __init__(self, inner: SqliteStore) -> None:
+    def __init__(self, inner: Db) -> None:
         self.inner = inner
         self.calls: list[TaskQuery] = []
 
@@ -153,10 +181,10 @@ class PlainStore:
 
 
 def test_a_store_without_aggregates_is_read_in_pages(
-    stores: tuple[MemoryStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
+    stores: tuple[MemoryStore, Db], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    memory, sqlite = stores
-    plain: Any = PlainStore(sqlite)
+    memory, db = stores
+    plain: Any = PlainStore(db)
     monkeypatch.setattr(aggregates, "FALLBACK_PAGE", 100)
     since = NOW - 900
     assert store_throughput(plain, since, 30) == store_throughput(memory, since, 30)
@@ -165,4 +193,4 @@ def test_a_store_without_aggregates_is_read_in_pages(
     assert store_type_stats(plain, since, 30) == store_type_stats(memory, since, 30)
     assert store_failure_groups(plain, since, 30) == store_failure_groups(memory, since, 30)
     got = [r["uuid"] for p in store_matching(plain, TaskQuery(state="FAILURE"), 33) for r in p]
-    assert got == [r["uuid"] for r in sqlite.query(TaskQuery(state="FAILURE"))]
+    assert got == [r["uuid"] for r in db.query(TaskQuery(state="FAILURE"))]
