@@ -156,6 +156,7 @@ def main() -> None:
                     help="instead: a real celeriac over HTTP on each store, fed through Redis "
                          "(bench/store_bench.py's run), PostgreSQL then SQLite")  # fmt: skip
     ap.add_argument("--backlog", type=int, default=10_000, help="--http: events ahead")
+    ap.add_argument("--rounds", type=int, default=1, help="--http: times the probes are run")
     a = ap.parse_args()
     if a.http:
         return http(a)
@@ -249,7 +250,7 @@ def http(a: argparse.Namespace) -> None:
         for db in (server.new_url("http"), None):
             shutil.rmtree(workdir, ignore_errors=True)
             workdir.mkdir(parents=True)
-            run = argparse.Namespace(**{**vars(a), "db": db})
+            run = argparse.Namespace(**{**vars(a), "db": db, "reuse": False})
             sections.append(store_bench.run_http(run, workdir))
             print("\n".join(sections[-1]), file=sys.stderr, flush=True)
     finally:
@@ -260,7 +261,8 @@ def http(a: argparse.Namespace) -> None:
             "# A real celeriac over HTTP: PostgreSQL and SQLite stores",
             "",
             f"Command: `python bench/pg_store_bench.py --http --tasks {a.tasks} --lag {a.lag} "
-            f"--backlog {a.backlog} --runs {a.runs}`: bench/store_bench.py's HTTP run on a "
+            f"--backlog {a.backlog} --runs {a.runs} --rounds {a.rounds}`: "
+            "bench/store_bench.py's HTTP run on a "
             "private PostgreSQL server (durable defaults, shared_buffers 128 MB), then on "
             "SQLite, one after the other on the same machine.",
             "",

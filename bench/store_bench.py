@@ -365,10 +365,29 @@ def run_http(a: argparse.Namespace, workdir: Path) -> list[str]:
     ]  # fmt: skip
     probes.append(("`/healthcheck` (the HTTP floor: no store)",
                    lambda: http.get("/healthcheck").raise_for_status()))
-    samples: dict[str, list[float]] = {label: [] for label, _ in probes}
+    # The UI's charts, insights and an export read whole windows: fewer runs of each.
+    heavy: list[tuple[str, Callable[[], Any]]] = [
+        ("charts: `/api/celeriac/stats/throughput?window=1h`",
+         lambda: get_ok(http, "/api/celeriac/stats/throughput", window="1h")),
+        ("charts: `/api/celeriac/stats/throughput?window=24h`",
+         lambda: get_ok(http, "/api/celeriac/stats/throughput", window="24h")),
+        ("insights: `/api/celeriac/stats/task-types?window=1h`",
+         lambda: get_ok(http, "/api/celeriac/stats/task-types", window="1h")),
+        ("insights: `/api/celeriac/stats/task-types?window=24h`",
+         lambda: get_ok(http, "/api/celeriac/stats/task-types", window="24h")),
+        ("insights: `/api/celeriac/failures?window=24h` (every failed task)",
+         lambda: get_ok(http, "/api/celeriac/failures", window="24h")),
+        ("export: `/api/celeriac/tasks/export?state=FAILURE` (CSV, 5% of tasks)",
+         lambda: get_ok(http, "/api/celeriac/tasks/export", state="FAILURE")),
+    ]  # fmt: skip
+    heavy_runs = max(3, a.runs // 10)
+    samples: dict[str, list[float]] = {label: [] for label, _ in probes + heavy}
     for _ in range(a.rounds):  # rounds spread a noisy neighbour's bursts over every probe
         for label, fn in probes:
             samples[label] += timed_samples(fn, a.runs)
+        for label, fn in heavy:
+            samples[label] += timed_samples(fn, heavy_runs)
+    probes += heavy
     rows = []
     for label, _ in probes:
         got = sorted(samples[label])
@@ -413,8 +432,9 @@ def run_http(a: argparse.Namespace, workdir: Path) -> list[str]:
         f"{rss_idle / 1e6:.0f} / {rss_peak / 1e6:.0f} / {rss_ingest / 1e6:.0f} / "
         f"**{rss_end / 1e6:.0f} MB** |",
         "",
-        f"HTTP latencies at {held:,} tasks: {a.rounds} rounds of {a.runs} requests each, one "
-        "at a time, keep-alive (httpx), until the whole body is read (not parsed):",
+        f"HTTP latencies at {held:,} tasks: {a.rounds} rounds of {a.runs} requests each "
+        f"({heavy_runs} of each chart, insight and export), one at a time, keep-alive "
+        "(httpx), until the whole body is read (not parsed):",
         "",
         "| request | p50 ms | p95 ms |",
         "|---|---|---|",
