@@ -9,7 +9,10 @@ starts ingesting: the hand-over takes about one interval. A leader that loses it
 stops ingesting at once, since another instance may already hold the lock.
 
 Followers serve the API and the UI from the store (tasks) and from the workers' last state the
-leader stores with every heartbeat, reloaded every ``interval``.
+leader stores with every heartbeat. They hear of each batch the leader commits through
+PostgreSQL's LISTEN/NOTIFY (``store/pg_notify.py``) and refresh the live pages at once; while
+the listening connection is down they poll the store every ``interval`` instead (and every
+``follower_poll`` seconds anyway, a safety net).
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ def leadership_for(cluster: Cluster) -> Leadership | None:
         # would undo its work: what was not written is dropped (and logged by the store).
         store.set_writing(False)
 
-    def follow() -> None:
+    def refresh() -> None:
         nonlocal marker, changed_at
         cluster.state.restore_workers(store.workers())
         now = store.change_marker()
@@ -122,7 +125,34 @@ def leadership_for(cluster: Cluster) -> Leadership | None:
             marker = now
             cluster.store_changes += 1
 
+    def heard(note: dict[str, Any]) -> None:
+        """The leader committed a batch (its NOTIFY), or the listener (re)connected ({}):
+        on the listener's thread, before the live pages' hub hears of it."""
+        nonlocal changed_at
+        if not note:  # what may have been missed while nobody listened
+            refresh()
+            return
+        if note.get("workers"):
+            cluster.state.restore_workers(store.workers())
+        if note.get("tasks"):
+            changed_at = time.time()
+            cluster.store_changes += 1
+
+    poll_every = cluster.settings.follower_poll
+    polled = float("-inf")
+
+    def follow() -> None:
+        """Every election round: poll the store, unless its changes are heard as they are
+        committed (then only every ``follower_poll`` seconds, CELERIAC_FOLLOWER_POLL)."""
+        nonlocal polled
+        now = time.monotonic()
+        if store.listening and now - polled < poll_every:
+            return
+        polled = now
+        refresh()
+
     store.set_writing(False)  # until elected
+    store.watch(heard)  # first: the hub's own watcher runs after this one
     return Leadership(url, identity, elected, deposed, follow)
 
 

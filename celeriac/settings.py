@@ -200,6 +200,9 @@ class Settings:
     inspect_timeout: float = 1000.0  # milliseconds, as Flower's --inspect_timeout
     purge_offline_workers: float | None = None  # seconds; None keeps offline workers listed
     event_queue: str | None = None  # RabbitMQ: a stable queue name survives restarts
+    # Shared PostgreSQL store: a follower hears the leader's writes (LISTEN/NOTIFY) and polls
+    # the store only this often (seconds) besides; every second while it cannot listen.
+    follower_poll: float = 30.0
     db: str | None = None  # SQLite path, ":memory:" for no persistence; None = the default file
     max_age: float | None = None  # seconds; finished tasks older than this are pruned
     max_wait: float = 300.0  # seconds: the longest a request waits for a task's result
@@ -363,6 +366,7 @@ def _convert(name: str, raw: str) -> Any:
         "max_tasks": int,
         "inspect_timeout": float,
         "purge_offline_workers": float,
+        "follower_poll": parse_duration,
         "max_age": parse_duration,
         "max_wait": parse_duration,
         "bulk_max": int,

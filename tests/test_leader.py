@@ -128,8 +128,22 @@ def shared(celeriac_server, celery_worker, redis_broker, postgres_url):
     celery_worker(redis_broker)
     first = celeriac_server(redis_broker, env={"CELERIAC_DB": postgres_url})
     wait_for(lambda: role(first) == LEADER, 15, message="the first instance to lead")
-    second = celeriac_server(redis_broker, env={"CELERIAC_DB": postgres_url})
+    # The follower polls the store once an hour only: what it shows live, it heard of
+    # (LISTEN/NOTIFY, celeriac/store/pg_notify.py).
+    second = celeriac_server(
+        redis_broker, env={"CELERIAC_DB": postgres_url, "CELERIAC_FOLLOWER_POLL": "1h"}
+    )
     return first, second
+
+
+def listeners(url: str) -> set[int]:
+    """Backend pids of the instances' LISTEN connections on the database."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'celeriac-listen' "
+            "AND datname = current_database()"
+        ).fetchall()
+    return {r[0] for r in rows}
 
 
 def test_two_instances_on_one_database_both_show_every_task(shared, redis_broker, postgres_url):
@@ -168,7 +182,16 @@ def test_two_instances_on_one_database_both_show_every_task(shared, redis_broker
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (20,)
         assert conn.execute("SELECT sum(n) FROM task_counts").fetchone() == (20,)
-    # The follower's live stream shows what the leader writes.
+    # The follower's live stream shows what the leader writes, as it hears of it: also after
+    # its listening connection was cut (it polls meanwhile, then listens again).
+    wait_for(lambda: follower.client.get("/api/celeriac/status").json()["store"]["listening"],
+             10, message="the follower to listen")  # fmt: skip
+    cut = listeners(postgres_url)
+    assert len(cut) == 2  # one per instance (the leader ignores its own writes)
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid",
+                      (sorted(cut),))  # fmt: skip
+    wait_for(lambda: len(listeners(postgres_url) - cut) == 2, 15, message="listening again")
     with follower.client.stream("GET", "/ui/stream", timeout=30) as r:
         assert r.status_code == 200
         stream = (json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: "))

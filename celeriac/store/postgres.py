@@ -42,6 +42,7 @@ from celeriac.store.pg_migrations import (
     MigrationError,
     migrate,
 )
+from celeriac.store.pg_notify import ChangeListener, channel_for, payload
 from celeriac.store.pg_search import search_condition
 from celeriac.store.query import checked_page
 from celeriac.store.search import Node, compile_search, parse_search
@@ -61,6 +62,7 @@ _GET = (
 )
 _FINAL = tuple(sorted(s.lower() for s in FINAL_STATES))
 _STATE_AT = COLUMNS.index("state")
+_TIME_AT = COLUMNS.index("timestamp")
 _PRUNE_BATCH = 500  # rows per retention transaction: short, so a flush never waits long
 _STREAM_ROWS = 500  # rows per fetch when a search is checked in Python while reading
 _NAMES_TTL = 2.0  # seconds a follower trusts its copy of task_names
@@ -245,6 +247,9 @@ class PostgresStore(BatchingStore):
             self._conn = self._connect()
             migrate(self._conn, migrations)
             self._prepare(self._conn)
+            row = self._conn.execute("SELECT current_schema()").fetchone()
+            #: Where each committed batch is announced (see pg_notify.py): per schema.
+            self.channel = channel_for(str(row[0]) if row else "public")
             self._stored_names = self._read_names(self._conn)
             self._known_count = self._count_on(self._conn)
         except (psycopg.Error, MigrationError) as exc:
@@ -253,6 +258,8 @@ class PostgresStore(BatchingStore):
             raise StoreError(f"{self.where}: {self._reason(exc)}") from None
         self._names = self._stored_names
         self._names_read = time.monotonic()
+        self._watchers: list[Callable[[dict[str, Any]], None]] = []
+        self._listener: ChangeListener | None = None
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -291,6 +298,8 @@ class PostgresStore(BatchingStore):
     # --- lifecycle -------------------------------------------------------------------------
 
     def _close_connections(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         self._pool.close()
         if self._conn is not None:
             self._conn.close()
@@ -311,6 +320,30 @@ class PostgresStore(BatchingStore):
     @property
     def writing(self) -> bool:
         return self._writing
+
+    def watch(self, on_change: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``on_change`` (on the listener's thread) whenever another instance commits a
+        batch here, with its NOTIFY payload, and with {} each time the listener (re)connects;
+        never while this instance writes. The first watcher starts the listener (its own
+        connection, see pg_notify.py), :meth:`close` stops it."""
+        with self._lock:
+            self._watchers.append(on_change)
+            if self._listener is None and not self._closed:
+                self._listener = ChangeListener(
+                    self._url, self.channel, self._heard, lambda text: scrub(text, self._url)
+                )
+                self._listener.start()
+
+    @property
+    def listening(self) -> bool:
+        """Whether changes are heard as they are committed (else watchers should poll)."""
+        return self._listener is not None and self._listener.listening
+
+    def _heard(self, note: dict[str, Any]) -> None:
+        if self._writing:
+            return  # our own write: the live state has it already
+        for on_change in list(self._watchers):
+            on_change(note)
 
     # --- ingest side -----------------------------------------------------------------------
 
@@ -355,6 +388,11 @@ class PostgresStore(BatchingStore):
         conn = self._writer()
         tally: Counter[str] = Counter()
         with conn.transaction():
+            # Delivered at commit, once for the batch: followers refresh (pg_notify.py).
+            newest = max((r[_TIME_AT] for r in rows if r[_TIME_AT] is not None), default=None)
+            conn.execute(
+                "SELECT pg_notify(%s, %s)", (self.channel, payload(len(rows), len(workers), newest))
+            )
             if rows:
                 uuids = [r[0] for r in rows]
                 old = conn.execute(
@@ -639,5 +677,5 @@ class PostgresStore(BatchingStore):
 
     def stats(self) -> dict[str, Any]:
         """Counters for /metrics and the status page."""
-        return {**super().stats(), "writing": self._writing}
+        return {**super().stats(), "writing": self._writing, "listening": self.listening}
 

@@ -1,6 +1,7 @@
 """One poller behind every live page: it reads the state and the store, never the ingest path.
 
-The hub wakes about once a second while at least one browser listens, asks the state for the
+The hub wakes about once a second while at least one browser listens (and at once when a
+follower hears that the leader wrote to the shared store), asks the state for the
 workers and the store for the newest tasks (in a thread, so a slow store never blocks the event
 loop), and publishes a numbered :class:`Tick`. Each open stream picks up whatever ticks it has
 not sent yet at its own pace (see :mod:`celeriac.web.stream`): a slow browser only falls behind
@@ -122,15 +123,29 @@ class Hub:
         self._count_due = 0.0
         self._succeeded = 0
         self._failed = 0
+        # A follower on a shared store hears the leader's writes (store/pg_notify.py): the
+        # next tick runs at once instead of at the end of the interval.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poked = asyncio.Event()
+        watch = getattr(cluster.store, "watch", None)
+        if callable(watch):
+            watch(lambda _note: self.poke())
 
     # -- subscriptions ----------------------------------------------------------------------
     def subscribe(self) -> None:
         self._subscribers += 1
+        self._loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def unsubscribe(self) -> None:
         self._subscribers = max(0, self._subscribers - 1)
+
+    def poke(self) -> None:
+        """Tick soon (any thread): the store changed."""
+        loop = self._loop
+        if loop is not None and self._subscribers > 0 and not loop.is_closed():
+            loop.call_soon_threadsafe(self._poked.set)
 
     async def wait_after(self, version: int, timeout: float) -> bool:
         """Wait until a tick newer than ``version`` exists; False on timeout."""
@@ -152,7 +167,12 @@ class Hub:
                 await self.tick()
             except Exception:
                 log.exception("live update failed")
-            await asyncio.sleep(max(0.1, self.interval - (loop.time() - started)))
+            await asyncio.sleep(0.1)  # at most ten ticks a second, however often poked
+            if not self._poked.is_set():
+                with contextlib.suppress(TimeoutError):
+                    left = self.interval - (loop.time() - started)
+                    await asyncio.wait_for(self._poked.wait(), max(0.0, left))
+            self._poked.clear()
         self._task = None
 
     async def tick(self) -> None:

@@ -38,6 +38,7 @@ from tests.store.test_sqlite import (
     FILTERS,
     SLICES,
     SORTS,
+    T0,
     make,
     reference,
 )
@@ -349,3 +350,43 @@ def test_deep_unfiltered_pages_are_found_in_the_index_first(postgres_url, sort):
             assert store.query(q) == reference(records, q), q
     finally:
         store.close()
+
+
+def test_a_follower_hears_each_committed_batch_and_listens_again_after_a_drop(postgres_url):
+    writer = PostgresStore(postgres_url, flush_interval=3600)  # flushed by hand below
+    reader = PostgresStore(postgres_url)
+    reader.set_writing(False)
+    heard: list[dict[str, Any]] = []
+    own: list[dict[str, Any]] = []
+    try:
+        assert writer.channel == reader.channel == "celeriac.public"
+        reader.watch(heard.append)
+        writer.watch(own.append)  # the writer hears its own batches but passes them on never
+        wait_for(lambda: reader.listening and writer.listening, 10, message="listening")
+        wait_for(lambda: heard == [{}], 5, message="the catch-up call on connecting")
+        for i in range(30):  # one batch: one NOTIFY, not one per task
+            writer.put(make(i, state="SUCCESS", timestamp=T0 + i))
+        writer.put_worker("w1@h", {"hostname": "w1@h"})
+        assert writer.flush()
+        wait_for(lambda: len(heard) == 2, 10, message="the batch's NOTIFY")
+        assert heard[1] == {"tasks": 30, "workers": 1, "newest": T0 + 29}
+        assert reader.count() == 30  # written when heard of
+
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'celeriac-listen' AND datname = current_database()"
+            )
+        # Back within the backoff (0.2 s first); a catch-up call says "look, you may have missed
+        # something", then batches are heard again.
+        wait_for(lambda: len(heard) >= 3 and reader.listening, 10, message="listening again")
+        assert heard[2] == {}
+        writer.put(make(99, state="FAILURE", timestamp=T0 + 99))
+        assert writer.flush()
+        wait_for(lambda: heard[-1].get("tasks") == 1, 10, message="a batch after the drop")
+        assert own == []
+        assert reader.stats()["listening"] is True
+    finally:
+        reader.close()
+        writer.close()
+    assert not reader.listening
