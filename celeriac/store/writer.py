@@ -86,6 +86,9 @@ class BatchingStore:
         self._last_error: str | None = None
         self._written = self._pruned = self._flushes = self._cycles = 0
         self._last_flush_seconds = 0.0
+        # Batches taken by the writer, and the last one committed with all before it: see
+        # put_mark (a broker reader acks its messages once their events are committed).
+        self._swaps = self._committed = 0
 
     # --- what the engine implements ----------------------------------------------------------
 
@@ -166,6 +169,17 @@ class BatchingStore:
                 self._cycled.wait(left)
         return not self._failing
 
+    def put_mark(self) -> int:
+        """A mark for everything put before this call: all of it is committed once
+        :meth:`committed_mark` reaches the mark (the next batch taken holds whatever the
+        earlier ones did not, and a failed batch goes back into the one after). No lock, no
+        cost on ``put``: ``events/amqp.py`` acks a message only then."""
+        return self._swaps + 1
+
+    def committed_mark(self) -> int:
+        """The last batch taken whose write, and every earlier one's, is committed."""
+        return self._committed
+
     # --- ingest side -----------------------------------------------------------------------
 
     def put(self, record: TaskRecord) -> None:
@@ -235,7 +249,10 @@ class BatchingStore:
 
     def _flush_once(self) -> bool:
         with self._lock:
+            self._swaps += 1
+            swap = self._swaps
             if not self._pending and not self._pending_workers:
+                self._committed = swap  # nothing unwritten: all put so far is committed
                 return True
             batch, workers = self._pending, self._pending_workers
             self._inflight = batch
@@ -253,6 +270,7 @@ class BatchingStore:
                 self._inflight = {}
             return False
         self._inflight = {}
+        self._committed = swap
         self._written += len(batch)
         self._flushes += 1
         self._last_flush_seconds = time.perf_counter() - started

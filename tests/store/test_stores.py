@@ -296,6 +296,35 @@ def test_unwritten_tasks_are_merged_into_every_page(backend, sort):
         store.close()
 
 
+def test_a_put_mark_is_reached_only_once_what_was_put_is_committed(backend):
+    # What a broker reader acks by (events/amqp.py): never a mark whose tasks are not written.
+    fail = [True]
+
+    class Flaky(backend.cls):  # type: ignore[misc,name-defined]
+        def _write_batch(self, batch, workers):
+            if fail[0]:
+                raise OSError("disk full")
+            super()._write_batch(batch, workers)
+
+    store = Flaky(backend.where)  # no writer thread: flush() writes
+    try:
+        assert store.flush() and store.committed_mark() >= store.put_mark() - 1  # idle
+        store.put(make(1, state="STARTED"))
+        first = store.put_mark()
+        assert store.committed_mark() < first
+        assert not store.flush()  # the write failed: the batch waits for the next one
+        store.put(make(2, state="SUCCESS"))
+        second = store.put_mark()
+        assert store.committed_mark() < first < second
+        fail[0] = False
+        assert store.flush()
+        assert store.committed_mark() >= second
+        assert store.count() == 2 and store.get("task-00001") is not None
+        assert store.flush() and store.committed_mark() >= store.put_mark() - 1
+    finally:
+        store.close()
+
+
 def test_a_writer_far_behind_slows_the_puts_down_and_loses_nothing(backend):
     class Slow(backend.cls):  # type: ignore[misc,name-defined]
         def _write_batch(self, batch, workers):
