@@ -161,12 +161,13 @@ class AuthMiddleware:
             path = path[len(self.prefix) :] or "/"
         if self.login is not None:
             scope[oidc.POLICY_KEY] = self.login
-        if path in self.public:
+        local = cluster_local(path)  # /clusters/NAME/metrics is public as /metrics is
+        if local in self.public:
             await self.app(scope, receive, send)
             return
         identity, presented = self._identify(scope)
         if identity is None:
-            if self.login is not None and not presented and _wants_page(scope, path):
+            if self.login is not None and not presented and _wants_page(scope, local):
                 location = oidc.login_redirect(self.prefix, path, scope.get("query_string", b""))
                 await _deny(send, 302, "Sign-in required", [(b"location", location.encode())])
                 return
@@ -219,6 +220,16 @@ class AuthMiddleware:
         if not self.configured and self.open_api:
             return ANONYMOUS, False  # stray credentials on an open celeriac are ignored
         return None, True
+
+
+def cluster_local(path: str) -> str:
+    """A path within one of several clusters (``/clusters/NAME/rest``) as ``/rest``; sign-in
+    pages are the root's only, so they stay as they are."""
+    if not path.startswith("/clusters/"):
+        return path
+    rest = path[len("/clusters/"):].partition("/")[2]
+    local = f"/{rest}"
+    return path if local in oidc.PATHS else local
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

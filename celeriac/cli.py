@@ -24,6 +24,17 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--broker", "-b", help="Broker URL (CELERIAC_BROKER)."),
         click.option("--result-backend", "--result_backend", "result_backend",
                      help="Result backend URL, for task results and apply."),
+        click.option("--cluster", "clusters", multiple=True, metavar="NAME=BROKER_URL",
+                     help="Watch another cluster too, served under /clusters/NAME/ (repeatable; "
+                          "CELERIAC_CLUSTERS: NAME=URL items, one a line or ',' separated)."),
+        click.option("--cluster-app", "cluster_apps", multiple=True, metavar="NAME=MODULE",
+                     help="The Celery app of cluster NAME, as in celery -A (repeatable)."),
+        click.option("--cluster-result-backend", "cluster_result_backends", multiple=True,
+                     metavar="NAME=URL", help="The result backend of cluster NAME (repeatable)."),
+        click.option("--default-cluster", "default_cluster", metavar="NAME",
+                     help="The cluster at Flower's paths: the name of --broker's cluster "
+                          "[default], or without --broker one of the --cluster names [the "
+                          "first]."),
         click.option("--address", help="Address to listen on [127.0.0.1]."),
         click.option("--port", type=int, help="Port to listen on [5555]."),
         click.option("--url-prefix", "--url_prefix", "url_prefix",
@@ -102,7 +113,8 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _serve(flags: dict[str, Any], app: Any = None) -> None:
-    from celeriac.cluster import BrokerUnreachable, Cluster
+    from celeriac.cluster import BrokerUnreachable
+    from celeriac.clusters import Clusters
     from celeriac.server import serve
     from celeriac.store.base import StoreError
 
@@ -114,15 +126,15 @@ def _serve(flags: dict[str, Any], app: Any = None) -> None:
                   code=2)
         _check_tls(settings)
         _setup_logging(settings.log_level)
-        cluster = Cluster(settings, app=app)
-        cluster.check_broker()
+        clusters = Clusters.build(settings, app=app)
+        clusters.check_brokers()
     except SettingsError as exc:
         _fail(f"invalid setting: {exc}", code=2)
     except BrokerUnreachable as exc:
         _fail(str(exc), code=1)
     except StoreError as exc:
         _fail(str(exc), code=1)
-    serve(settings, cluster)
+    serve(settings, clusters=clusters)
 
 
 def _check_tls(settings: Settings) -> None:

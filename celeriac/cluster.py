@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -34,8 +35,10 @@ class BrokerUnreachable(RuntimeError):
     pass
 
 
-def load_app(settings: Settings) -> Celery:
-    """The Celery app: imported like ``celery -A`` does, or a bare one for the broker given."""
+def load_app(settings: Settings, taken: Sequence[Celery] = ()) -> Celery:
+    """The Celery app: imported like ``celery -A`` does, or a bare one for the broker given.
+    An app another cluster already uses (``taken``: two clusters running the same code) is
+    copied, never reconfigured under the other's feet."""
     if settings.app:
         from celery.app.utils import find_app
 
@@ -47,9 +50,27 @@ def load_app(settings: Settings) -> Celery:
             raise SettingsError(f"app: cannot load {settings.app!r}: {exc}") from None
         if not isinstance(app, Celery):
             raise SettingsError(f"app: {settings.app!r} is not a Celery app")
+        if any(app is other for other in taken):
+            app = separate_app(app)
     else:
         app = Celery("celeriac", set_as_current=False)
     return configure_app(app, settings)
+
+
+def separate_app(app: Celery) -> Celery:
+    """A new app with ``app``'s configuration and its tasks bound to the new one, so that
+    setting its broker, or applying one of its tasks, never touches ``app``'s cluster."""
+    copy = Celery(app.main, set_as_current=False)
+    copy.conf.update(dict(app.conf.items()))
+    for name, task in list(app.tasks.items()):
+        if name.startswith("celery."):
+            continue  # the new app has its own built-in tasks
+        cls = type(task)
+        bound: Any = type(cls.__name__, (cls,), {"__module__": cls.__module__, "app": copy,
+                                                 "_app": copy})
+        bound.bind(copy)
+        copy.tasks.register(bound())
+    return copy
 
 
 def configure_app(app: Celery, settings: Settings) -> Celery:
@@ -68,6 +89,9 @@ def open_store(settings: Settings, broker_url: str) -> TaskStore:
     """SQLite at ``--db`` or at the cluster's own file in the user's data directory; memory
     only with ``--db memory``. Raises StoreError (one line) when the file cannot be used."""
     if is_database_url(settings.db):  # several instances may share it: celeriac/leader.py
+        from celeriac.store.pg_schema import ensure_schema
+
+        ensure_schema(str(settings.db))  # one of several clusters: its schema must exist
         return open_shared_store(settings)
     path = db_path(settings.db, broker_url)
     if path is None:
@@ -104,8 +128,11 @@ def open_source(settings: Settings, app: Celery, state: State, control: Control)
 
 
 class Cluster:
-    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+    def __init__(
+        self, settings: Settings, app: Celery | None = None, name: str | None = None
+    ) -> None:
         self.settings = settings
+        self.name = name  # with several clusters (celeriac/clusters.py), its --cluster name
         self.app = configure_app(app, settings) if app is not None else load_app(settings)
         self.broker_url = redact_url(self.app.conf.broker_url or "")
         self.store = open_store(settings, self.app.conf.broker_url or "")
@@ -142,7 +169,7 @@ class Cluster:
             self.leadership.start()  # starts the source whenever elected
         else:
             self.source.start()
-        log.info("watching %s", self.broker_url)
+        log.info("watching %s%s", self.broker_url, f" (cluster {self.name})" if self.name else "")
         path = getattr(self.store, "path", None)
         if isinstance(self.store, MemoryStore):
             log.info("task history in memory only (--db memory): a restart forgets it")

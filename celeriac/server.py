@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +24,7 @@ from celeriac.alerts import AlertEngine
 from celeriac.api import alerts, openapi, status, task_actions, tasks, workers
 from celeriac.api.errors import APIError, handle_api_error, text_error
 from celeriac.cluster import Cluster
+from celeriac.clusters import CLUSTERS_PATH, Clusters, Member
 from celeriac.queue_history import QueueSampler
 from celeriac.settings import Settings
 from celeriac.web.pages import web_routes
@@ -96,6 +98,13 @@ class BodyLimitMiddleware:
         return text_error(413, self._too_large_text())
 
 
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    APIError: handle_api_error,
+    HTTPException: http_error,
+    Exception: server_error,
+}
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/healthcheck", healthcheck, methods=["GET", "HEAD"]),
@@ -110,36 +119,48 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def create_app(settings: Settings, cluster: Cluster | None = None) -> Starlette:
-    """Build the ASGI app; the cluster is created here unless a test or the demo passes one."""
-    cluster = cluster if cluster is not None else Cluster(settings)
-    alert_engine = AlertEngine.from_settings(settings, cluster)
-    queue_sampler = QueueSampler(cluster)
+def create_app(
+    settings: Settings, cluster: Cluster | None = None, clusters: Clusters | None = None
+) -> Starlette:
+    """Build the ASGI app; the clusters are created here unless a test or the demo passes one
+    (``cluster``) or the command line passes them all (``clusters``)."""
+    if clusters is None:
+        clusters = (Clusters.single(settings, cluster) if cluster is not None
+                    else Clusters.build(settings))
+    default = clusters.default
+    parts = {m.name: ClusterParts(m) for m in clusters}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        cluster.start()
-        if alert_engine is not None:
-            alert_engine.start()
-        queue_sampler.start()
+        clusters.start()
+        for p in parts.values():
+            p.start()
+        clusters.start_sampling()
         try:
             yield
         finally:
-            await queue_sampler.close()
-            if alert_engine is not None:
-                await alert_engine.close()
-            cluster.close()
+            await clusters.stop_sampling()
+            for p in parts.values():
+                await p.close()
+            clusters.close()
 
     route_list = routes() + oidc.routes_for(settings)
+    if len(clusters) > 1:
+        mounts: list[BaseRoute] = [
+            Mount(f"{CLUSTERS_PATH}/{m.name}", app=parts[m.name].app(clusters, settings))
+            for m in clusters if not m.default
+        ]
+        route_list = [
+            *mounts,
+            Route(f"{CLUSTERS_PATH}/{{name}}", other_cluster, methods=_ALL_METHODS),
+            Route(f"{CLUSTERS_PATH}/{{name}}/{{rest:path}}", other_cluster, methods=_ALL_METHODS),
+            *route_list,
+        ]
     if settings.prefix:
         route_list = [Mount(settings.prefix, routes=route_list)]
     app = Starlette(
         routes=route_list,
-        exception_handlers={
-            APIError: handle_api_error,
-            HTTPException: http_error,
-            Exception: server_error,
-        },
+        exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
             *oidc.middleware(settings),
             Middleware(auth.AuthMiddleware, settings=settings),
@@ -147,18 +168,72 @@ def create_app(settings: Settings, cluster: Cluster | None = None) -> Starlette:
         ],
         lifespan=lifespan,
     )
-    app.state.cluster = cluster
-    app.state.settings = settings
-    app.state.alerts = alert_engine
-    app.state.queue_sampler = queue_sampler
-    app.state.metrics = metrics.Metrics(cluster)
+    parts[default.name].attach(app, clusters, settings)
     return app
 
 
-def serve(settings: Settings, cluster: Cluster | None = None) -> None:
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+async def other_cluster(request: Request) -> Response:
+    """``/clusters/NAME/...`` of no mounted cluster: the default one's lives at the root
+    (redirected there), any other name is unknown."""
+    clusters: Clusters = request.app.state.clusters
+    name = request.path_params["name"]
+    member = clusters.get(name)
+    if member is None or not member.default:
+        return text_error(404, f"Unknown cluster '{name}'")
+    target = f"{member.base}/{request.path_params.get('rest', '')}"
+    if request.url.query:
+        target += f"?{request.url.query}"
+    return RedirectResponse(target, status_code=307)
+
+
+class ClusterParts:
+    """What serves one cluster beside the Cluster itself: its alert engine, queue sampler and
+    metrics, and (for every cluster but the default) the ASGI app under its prefix."""
+
+    def __init__(self, member: Member) -> None:
+        self.member = member
+        cluster = member.cluster
+        self.alerts = AlertEngine.from_settings(member.settings, cluster)
+        self.queue_sampler = QueueSampler(cluster)
+        self.metrics = metrics.Metrics(cluster)
+
+    def start(self) -> None:
+        if self.alerts is not None:
+            self.alerts.start()
+        self.queue_sampler.start()
+
+    async def close(self) -> None:
+        await self.queue_sampler.close()
+        if self.alerts is not None:
+            await self.alerts.close()
+
+    def app(self, clusters: Clusters, settings: Settings) -> Starlette:
+        """The cluster's own app, mounted at ``/clusters/NAME`` (auth is the outer app's)."""
+        app = Starlette(routes=routes(), exception_handlers=EXCEPTION_HANDLERS)
+        self.attach(app, clusters, settings, self.member.settings)
+        return app
+
+    def attach(self, app: Starlette, clusters: Clusters, root: Settings,
+               own: Settings | None = None) -> None:
+        app.state.cluster = self.member.cluster
+        app.state.cluster_name = self.member.name
+        app.state.clusters = clusters
+        app.state.settings = own or root  # its prefix is the one its pages link within
+        app.state.root_prefix = root.prefix  # sign-in and sign-out live at the root only
+        app.state.alerts = self.alerts
+        app.state.queue_sampler = self.queue_sampler
+        app.state.metrics = self.metrics
+
+
+def serve(
+    settings: Settings, cluster: Cluster | None = None, clusters: Clusters | None = None
+) -> None:
     import uvicorn
 
-    app = create_app(settings, cluster)
+    app = create_app(settings, cluster, clusters)
     log.info("%s", auth.describe(settings))
     config = uvicorn.Config(
         app,

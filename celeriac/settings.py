@@ -165,6 +165,87 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+#: A cluster's name: one URL path segment, a file-name part and a PostgreSQL schema suffix.
+CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+#: The name of the ``--broker`` cluster unless ``--default-cluster`` names it.
+DEFAULT_CLUSTER_NAME = "default"
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """One watched cluster: its name, broker, and optionally its app and result backend.
+
+    ``primary`` marks the cluster of ``--broker``/``--app``, which keeps the ``--db`` as given
+    (so adding clusters later never moves its history); every ``--cluster`` gets its own file
+    or PostgreSQL schema, named after it."""
+
+    name: str
+    broker: str | None = field(default=None, repr=False)
+    app: str | None = None
+    result_backend: str | None = field(default=None, repr=False)
+    primary: bool = False
+
+    def __repr__(self) -> str:
+        broker = redact_url(self.broker) if self.broker else None
+        return f"ClusterSpec({self.name!r}, broker={broker!r}, app={self.app!r})"
+
+
+#: Items of ``CELERIAC_CLUSTERS`` are separated by newlines, or by a comma or semicolon that is
+#: followed by the next ``NAME=`` (a failover broker list ``redis://a;redis://b`` stays whole).
+_CLUSTER_ITEMS = re.compile(r"\s*\n\s*|\s*[,;]\s*(?=[a-z0-9][a-z0-9_-]*=)")
+
+
+def check_cluster_name(name: str, where: str = "cluster") -> str:
+    if not CLUSTER_NAME.fullmatch(name):
+        raise SettingsError(
+            f"{where}: {name!r} is not a cluster name (lower-case letters, digits, - and _, "
+            "at most 40, starting with a letter or digit)"
+        )
+    return name
+
+
+def parse_named(value: str, where: str) -> tuple[str, str]:
+    """``NAME=VALUE`` -> (name, value); the error quotes the name, never the value."""
+    name, sep, rest = value.strip().partition("=")
+    name, rest = name.strip(), rest.strip()
+    if not sep or not rest:
+        raise SettingsError(f"{where}: expected NAME=VALUE")
+    return check_cluster_name(name, where), rest
+
+
+def parse_cluster(value: str) -> ClusterSpec:
+    """``NAME=BROKER_URL`` (``--cluster``)."""
+    name, url = parse_named(value, "cluster")
+    check_broker_url(url, f"cluster {name}")
+    return ClusterSpec(name, url)
+
+
+def parse_clusters(value: str) -> tuple[ClusterSpec, ...]:
+    """``CELERIAC_CLUSTERS``: ``NAME=URL`` items, one a line or separated by ``,`` or ``;``."""
+    return tuple(parse_cluster(i) for i in _CLUSTER_ITEMS.split(value.strip()) if i.strip())
+
+
+def parse_named_list(value: str, where: str) -> tuple[tuple[str, str], ...]:
+    """``CELERIAC_CLUSTER_APPS`` and the like: ``NAME=VALUE`` items separated as clusters'."""
+    return tuple(parse_named(i, where) for i in _CLUSTER_ITEMS.split(value.strip()) if i.strip())
+
+
+def check_broker_url(url: str, where: str) -> None:
+    """A URL kombu can open: ``transport://...`` with a transport it knows (each of a
+    failover list ``a;b``). The message shows the URL without its password."""
+    from kombu.transport import TRANSPORT_ALIASES
+
+    for part in url.split(";"):
+        scheme, sep, _ = part.strip().partition("://")
+        transport = scheme.split("+")[0].lower()
+        if not sep or not scheme:
+            raise SettingsError(f"{where}: {redact_url(part.strip())!r} is not a broker URL "
+                                "(expected transport://host..., e.g. redis://localhost:6379/0)")
+        if transport not in TRANSPORT_ALIASES:
+            raise SettingsError(f"{where}: unknown broker transport {scheme!r} "
+                                f"in {redact_url(part.strip())!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """What celeriac was asked to do. Field names are the flag names with ``_`` for ``-``."""
@@ -209,6 +290,11 @@ class Settings:
     bulk_max: int = 1000  # the most tasks one bulk re-run or revoke acts on (its ``cap``)
     log_level: str = "info"
     alerts: str | None = None  # the alert rules file (TOML, celeriac/alerts/rules.py)
+    # Several clusters (celeriac/clusters.py): --cluster NAME=URL, each with its app and
+    # result backend folded in (--cluster-app, --cluster-result-backend); the default one
+    # answers at Flower's paths, the others under /clusters/NAME/.
+    clusters: tuple[ClusterSpec, ...] = ()
+    default_cluster: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -241,6 +327,24 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def has_primary(self) -> bool:
+        """Whether ``--broker`` or ``--app`` gave a cluster besides the ``--cluster`` ones."""
+        return bool(self.broker or self.app) or not self.clusters
+
+    def cluster_specs(self) -> list[ClusterSpec]:
+        """Every cluster watched, the default one first."""
+        if self.has_primary:
+            name = self.default_cluster or DEFAULT_CLUSTER_NAME
+            primary = ClusterSpec(name, self.broker, self.app, self.result_backend, primary=True)
+            return [primary, *self.clusters]
+        wanted = self.default_cluster or self.clusters[0].name
+        return sorted(self.clusters, key=lambda c: c.name != wanted)
+
+    @property
+    def several_clusters(self) -> bool:
+        return len(self.clusters) + self.has_primary > 1
+
     def validate(self) -> Settings:
         if not 0 < self.port < 65536:
             raise SettingsError(f"port: {self.port} is not a TCP port")
@@ -262,6 +366,7 @@ class Settings:
             path = getattr(self, name)
             if path and not os.path.isfile(path):
                 raise SettingsError(f"{name}: no such file {path}")
+        self._validate_clusters()
         if self.alerts:
             from celeriac.alerts.rules import load_config
 
@@ -279,6 +384,40 @@ class Settings:
             raise SettingsError(f"api_tokens: name {twice[0]!r} given more than once")
         if len({t.token for t in self.api_tokens}) < len(self.api_tokens):
             raise SettingsError("api_tokens: two names share one token")
+
+    def _validate_clusters(self) -> None:
+        if self.default_cluster is not None:
+            check_cluster_name(self.default_cluster, "default_cluster")
+        if not self.clusters:
+            return
+        names = [c.name for c in self.cluster_specs()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            hint = (" (--default-cluster names the --broker cluster)"
+                    if self.has_primary and twice[0] == self.default_cluster else "")
+            raise SettingsError(f"cluster: name {twice[0]!r} given more than once{hint}")
+        alike = [n.replace("-", "_") for n in names]
+        clash = next((n for n, a in zip(names, alike, strict=True) if alike.count(a) > 1), None)
+        if clash is not None:
+            raise SettingsError(f"cluster: {clash!r} differs from another name only in - and _ "
+                                "(they would share a file or database schema)")
+        if self.default_cluster and self.default_cluster not in names:
+            raise SettingsError(f"default_cluster: no cluster named {self.default_cluster!r}")
+        from celeriac.store.location import cluster_identity
+
+        seen: dict[str, str] = {}
+        for spec in self.cluster_specs():
+            if not spec.broker:
+                continue  # the app's own broker, known once it is loaded
+            try:
+                identity = cluster_identity(spec.broker)
+            except Exception as exc:
+                raise SettingsError(f"cluster {spec.name}: cannot read the broker URL "
+                                    f"{redact_url(spec.broker)!r}: {type(exc).__name__}") from None
+            if identity in seen:
+                raise SettingsError(f"cluster {spec.name}: same broker as cluster "
+                                    f"{seen[identity]!r} ({identity})")
+            seen[identity] = spec.name
 
     def _validate_oidc(self) -> None:
         used = [name for name in ("oidc_client_id", "oidc_client_secret", "auth", "oidc_domains",
@@ -344,16 +483,52 @@ class Settings:
             if name == "api_tokens":
                 tokens += [parse_api_token(v) if isinstance(v, str) else v for v in value]
                 continue
+            if name in _CLUSTER_OPTIONS:
+                continue  # folded into the cluster specs below
+            if name == "clusters":
+                if value:  # flags replace CELERIAC_CLUSTERS
+                    values[name] = tuple(parse_cluster(v) if isinstance(v, str) else v
+                                         for v in value)
+                continue
             values[name] = _convert(name, value) if isinstance(value, str) else value
         if values.get("api_token_file"):
             tokens += read_token_file(values["api_token_file"])
         values["api_tokens"] = tuple(tokens)
+        _fold_cluster_options(values, flags or {}, env)
         if values.get("oidc_client_secret_file"):
             if values.get("oidc_client_secret"):
                 raise SettingsError("oidc_client_secret: given twice, directly and as a file")
             values["oidc_client_secret"] = read_secret_file(
                 values["oidc_client_secret_file"], "oidc_client_secret_file")
         return cls(**values).validate()
+
+
+#: Per-cluster options: flag (and ``CELERIAC_<NAME>`` variable) -> ClusterSpec field.
+_CLUSTER_OPTIONS = {"cluster_apps": "app", "cluster_result_backends": "result_backend"}
+
+
+def _fold_cluster_options(
+    values: dict[str, Any], flags: Mapping[str, Any], env: Mapping[str, str]
+) -> None:
+    """``--cluster-app NAME=MODULE`` and ``--cluster-result-backend NAME=URL`` (or their
+    variables, when no such flag is given) into the specs of the clusters they name."""
+    specs = list(values.get("clusters", ()))
+    for option, attr in _CLUSTER_OPTIONS.items():
+        where = option.replace("_", "-").rstrip("s")
+        given = flags.get(option)
+        if given:
+            pairs = [parse_named(v, where) for v in given]
+        else:
+            pairs = list(parse_named_list(env.get(f"CELERIAC_{option.upper()}", ""), where))
+        for name, value in pairs:
+            at = next((i for i, c in enumerate(specs) if c.name == name), None)
+            if at is None:
+                raise SettingsError(f"{where}: no --cluster named {name!r}")
+            if getattr(specs[at], attr):
+                raise SettingsError(f"{where}: given twice for cluster {name!r}")
+            specs[at] = dataclasses.replace(specs[at], **{attr: value})
+    if specs:
+        values["clusters"] = tuple(specs)
 
 
 #: Boolean flags whose ``False`` means "not given" (a variable may still set them).
@@ -378,6 +553,7 @@ def _convert(name: str, raw: str) -> Any:
         "oidc_read_only": lambda v: parse_bool(v, name),
         "oidc_domains": parse_domains,
         "session_max_age": parse_duration,
+        "clusters": parse_clusters,
     }
     convert = kinds.get(name)
     if convert is None:

@@ -120,9 +120,12 @@ class AlertEngine:
                 continue  # unknown this round (queue lengths unavailable): keep the state
             for t in self.tracker.update(rule, observed, now):
                 a = t.alert
+                name = getattr(self.cluster, "name", None)
+                if name:  # one of several clusters: every message says which
+                    a["cluster"] = name
                 level = logging.WARNING if t.status is Phase.FIRING else logging.INFO
-                log.log(level, "alerts: %s %s: %s", t.status.value.upper(), rule.name,
-                        a["summary"])
+                log.log(level, "alerts: %s %s%s: %s", t.status.value.upper(), rule.name,
+                        f" (cluster {name})" if name else "", a["summary"])
                 self.notifier.send(t, self.config.targets(rule))
         self.evaluated_at = now
         self.evaluations += 1

@@ -42,8 +42,10 @@ def payload(t: Transition, fmt: Format) -> dict[str, Any]:
     a = t.alert
     if fmt is Format.SLACK:
         word = "FIRING" if t.status is Phase.FIRING else "RESOLVED"
-        return {"text": f"[{word}] {a['rule']}: {a['summary']} (rule: {t.rule.describe()})"}
-    return {
+        where = f"[cluster {a['cluster']}] " if a.get("cluster") else ""
+        return {"text": f"[{word}] {where}{a['rule']}: {a['summary']} "
+                        f"(rule: {t.rule.describe()})"}
+    body = {
         "source": "celeriac",
         "status": t.status.value,
         "alert_id": a["id"],
@@ -58,6 +60,9 @@ def payload(t: Transition, fmt: Format) -> dict[str, Any]:
         "fired_at": a["fired_at"],
         "resolved_at": a["resolved_at"],
     }
+    if a.get("cluster"):  # one of several clusters watched (--cluster)
+        body["cluster"] = a["cluster"]
+    return body
 
 
 @dataclass

@@ -326,6 +326,9 @@ def spec(prefix: str = "", *, open_api: bool = False, metrics_public: bool = Fal
                 "properties": {"queue": {"type": "string"}, "purged": {"type": "integer"},
                                "message": {"type": "string"}}},
             [name], (400, 403, 404, 503))},
+        "/api/celeriac/clusters": {"get": _op(
+            "Every cluster this instance watches: name, URL, broker, workers online, tasks by "
+            "state, events/s (one item when it watches one)", {"type": "array"}, errors=())},
         "/api/celeriac/alerts": {"get": _op(
             "Alert rules, firing and resolved alerts, webhook deliveries", _ALERTS, errors=())},
         "/api/openapi.json": {"get": _op("This description", {"type": "object"})},

@@ -57,3 +57,13 @@ def db_path(db: str | None, broker_url: str) -> str | None:
     if db:
         return os.path.expanduser(db)
     return os.path.join(default_db_dir(), default_db_file(broker_url))
+
+
+def cluster_db_path(db: str, name: str) -> str:
+    """An explicit SQLite ``--db`` for the cluster ``name`` of several: the name inserted
+    before the suffix (``tasks.sqlite3`` -> ``tasks.eu.sqlite3``), so each has its own file."""
+    head, tail = os.path.split(os.path.expanduser(db))
+    stem, dot, suffix = tail.rpartition(".")
+    if not dot or not stem:
+        return os.path.join(head, f"{tail}.{name}")
+    return os.path.join(head, f"{stem}.{name}.{suffix}")

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from celeriac.api.tasks import cluster_of
 from celeriac.constants import ALL_STATES
 from celeriac.queues import queue_consumers, queue_lengths
+from celeriac.web.clusters import clusters_section
 from celeriac.web.hub import count_tasks, worker_summary
 from celeriac.web.insights import history_section, queue_section
 from celeriac.web.markup import esc, json_script, page, path_part, table
@@ -47,6 +48,7 @@ async def dashboard_page(request: Request) -> Response:
     )
     body = f"""
 <h1>Dashboard</h1>
+{await clusters_section(request)}
 <section class="cards">{cards}</section>
 <section><h2>Throughput <span class="muted small">tasks finished per second, live</span></h2>
 <div class="chart-wrap"><svg id="chart" viewBox="0 0 600 160" preserveAspectRatio="none"

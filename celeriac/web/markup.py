@@ -51,6 +51,28 @@ def base(request: Request) -> str:
     return prefix
 
 
+def root(request: Request) -> str:
+    """The prefix of what exists once for all clusters (sign-in, sign-out)."""
+    return str(getattr(request.app.state, "root_prefix", base(request)))
+
+
+def switcher(request: Request, nav: str) -> str:
+    """With several clusters, links to the same page of each; nothing with one."""
+    clusters = getattr(request.app.state, "clusters", None)
+    if clusters is None or len(clusters) < 2:
+        return ""
+    current = getattr(request.app.state, "cluster_name", None)
+    items = "".join(
+        f'<li><a href="{esc(m.base + nav)}" data-cluster="{esc(m.name)}"'
+        f'{" aria-current=true" if m.name == current else ""}>{esc(m.name)}'
+        f'{" <span class=muted>(default)</span>" if m.default else ""}</a></li>'
+        for m in clusters
+    )
+    return (f'<details class="switcher" id="cluster-switcher"><summary title="cluster">'
+            f'<span class="muted">cluster</span> <b>{esc(current)}</b></summary>'
+            f"<ul>{items}</ul></details>")
+
+
 def path_part(value: str) -> str:
     """A worker name or task id as one URL path segment (``@`` stays readable)."""
     return quote(value, safe="@:")
@@ -160,6 +182,7 @@ def page(
 <body>
 <header class="top">
 <a class="brand" href="{esc(prefix)}/">celeriac</a>
+{switcher(request, nav)}
 <nav>{links}</nav>
 <span id="live" class="live" title="not live">●</span>
 {signed_in(request)}
@@ -185,7 +208,7 @@ def signed_in(request: Request) -> str:
         return ""
     role = " (read-only)" if identity.read_only else ""
     return (f'<span class="user">{esc(identity.name)}{role} · '
-            f'<a href="{esc(base(request))}/logout">Sign out</a></span>')
+            f'<a href="{esc(root(request))}/logout">Sign out</a></span>')
 
 
 def not_found(request: Request, what: str, nav: str) -> HTMLResponse:

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from celeriac.api import broker, bulk, export, insights
-from celeriac.web import stream
+from celeriac.web import clusters, stream
 from celeriac.web.alerts import alerts_page
 from celeriac.web.dashboard import broker_page, dashboard_page
 from celeriac.web.insights import failures_page, types_page
@@ -39,5 +39,6 @@ web_routes: list[BaseRoute] = [
     *export.routes,
     *insights.routes,
     *broker.routes,
+    *clusters.routes,
     Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
 ]

@@ -146,7 +146,7 @@
 // tab is visible).
 (() => {
   const EVERY = 15000;
-  const SECTIONS = ["history", "queue-history"];
+  const SECTIONS = ["clusters", "history", "queue-history"];
 
   async function refresh() {
     if (!document.getElementById("history") || document.hidden) return;
