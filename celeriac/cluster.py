@@ -117,11 +117,13 @@ def open_source(settings: Settings, app: Celery, state: State, control: Control)
             key_prefix=str(options.get("global_keyprefix", "")),
         )
     if transport == "amqp":
-        from celeriac.events.amqp import AmqpEventSource
+        from celeriac.events.amqp import AmqpEventSource, committing
 
+        # A stable queue keeps what is not acked: ack only what the store has committed.
         return AmqpEventSource(
-            app, state.apply, queue_name=settings.event_queue, wake=control.wake_workers
-        )
+            app, state.apply, queue_name=settings.event_queue, wake=control.wake_workers,
+            ack_when=committing(state.store) if settings.event_queue else None,
+        )  # fmt: skip
     from celeriac.events.kombu import KombuEventSource
 
     return KombuEventSource(app, state.apply, wake=control.wake_workers)

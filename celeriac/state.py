@@ -132,6 +132,11 @@ class State:
         for hostname, saved in store.workers().items():
             self._workers[hostname] = WorkerState.restored(hostname, saved)
 
+    @property
+    def store(self) -> TaskStore:
+        """Where every change goes (the AMQP reader acks by what it has committed)."""
+        return self._store
+
     def observe(self, observer: EventObserver) -> None:
         """Tell ``observer`` of every event applied from now on (the metrics' tally, the
         alerts' tap): each is called in turn, on the ingest thread, under the state's lock."""
