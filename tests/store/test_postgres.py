@@ -21,6 +21,7 @@ import pytest
 
 from celeriac.store.base import StoreError, TaskQuery
 from celeriac.store.pg_migrations import MIGRATIONS, migrate, schema_version
+from celeriac.store.pg_schema import ensure_schema, schema_name, with_schema
 from celeriac.store.postgres import PostgresStore
 from celeriac.store.search import SearchError, compile_search
 from celeriac.store.sqlite import SqliteStore
@@ -381,11 +382,21 @@ def test_a_follower_hears_each_committed_batch_and_listens_again_after_a_drop(po
         # something", then batches are heard again.
         wait_for(lambda: len(heard) >= 3 and reader.listening, 10, message="listening again")
         assert heard[2] == {}
+        # Another cluster's store in its own schema of the same database: its own channel.
+        other_url = with_schema(postgres_url, schema_name("other"))
+        ensure_schema(other_url)
+        other = PostgresStore(other_url)
+        other.set_writing(False)
+        elsewhere: list[dict[str, Any]] = []
+        other.watch(elsewhere.append)
+        wait_for(lambda: other.listening, 10, message="the other cluster's listener")
+        assert other.channel == "celeriac.celeriac_other"
         writer.put(make(99, state="FAILURE", timestamp=T0 + 99))
         assert writer.flush()
         wait_for(lambda: heard[-1].get("tasks") == 1, 10, message="a batch after the drop")
-        assert own == []
+        assert own == [] and elsewhere == [{}]  # never woken by this cluster's writes
         assert reader.stats()["listening"] is True
+        other.close()
     finally:
         reader.close()
         writer.close()
