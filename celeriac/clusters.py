@@ -106,8 +106,9 @@ class Clusters:
         """A Cluster per spec; ``app`` (``celery -A proj celeriac``) is the primary one's.
         Raises SettingsError or StoreError (one line) after closing what was opened."""
         specs = settings.cluster_specs()
-        if len(specs) == 1:
+        if len(specs) == 1 and specs[0].primary:  # as celeriac has always run
             return cls.single(settings, Cluster(settings, app=app))
+        several = len(specs) > 1
         members: list[Member] = []
         apps: list[Celery] = []
         try:
@@ -115,7 +116,7 @@ class Clusters:
                 own = cluster_settings(settings, spec, default=i == 0)
                 spec_app = app if spec.primary and app is not None else load_app(own, apps)
                 apps.append(spec_app)
-                cluster = Cluster(own, app=spec_app, name=spec.name)
+                cluster = Cluster(own, app=spec_app, name=spec.name if several else None)
                 members.append(Member(spec.name, cluster, i == 0, own))
         except BaseException:
             for m in members:

@@ -19,6 +19,7 @@ import pytest
 
 from celeriac.clusters import cluster_db, cluster_settings
 from celeriac.settings import ClusterSpec, Settings, SettingsError
+from tests.alerts.receiver import Receiver, of
 from tests.fixtures import BrokerInfo, CeleryWorker, MonitorFactory, MonitorProcess, WorkerFactory
 from tests.fixtures.processes import wait_for
 
@@ -36,18 +37,41 @@ def rabbit(module_celery_worker: WorkerFactory, amqp_broker: BrokerInfo) -> Cele
 
 
 @pytest.fixture(scope="module")
+def hooks() -> Iterator[Receiver]:
+    """Where the alerts of both clusters go."""
+    receiver = Receiver().start()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
 def monitor(
-    module_celeriac_server: MonitorFactory, red: CeleryWorker, rabbit: CeleryWorker
+    module_celeriac_server: MonitorFactory, red: CeleryWorker, rabbit: CeleryWorker,
+    hooks: Receiver, tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[MonitorProcess]:
     """The Redis cluster is the default one (``--broker``, named ``red``); the RabbitMQ one is
-    ``--cluster rabbit=...`` with the same app module (so its app must be a copy)."""
+    ``--cluster rabbit=...`` with the same app module (so its app must be a copy). One alert
+    rule, evaluated for each cluster on its own."""
     amqp = rabbit.broker
+    rules = tmp_path_factory.mktemp("alerts") / "alerts.toml"
+    rules.write_text(f"""interval = "0.3s"
+[[webhook]]
+name = "json"
+url = "{hooks.url("/json")}"
+[[rule]]
+name = "failing"
+kind = "failure_rate"
+task = "tests.fail"
+above = 0.5
+window = "30s"
+min_tasks = 2
+""")
     m = module_celeriac_server(
         red.broker, "--default-cluster", "red",
         "--cluster", f"rabbit={amqp.url}",
         "--cluster-app", "rabbit=tests.apps.proj",
         "--cluster-result-backend", f"rabbit={amqp.backend_url}",
-        "--basic-auth", ":".join(AUTH),
+        "--basic-auth", ":".join(AUTH), "--alerts", str(rules),
     )
     m.client.auth = AUTH
     yield m
@@ -221,6 +245,20 @@ def test_metrics_per_cluster(monitor: MonitorProcess, red: CeleryWorker,
     assert rabbit.hostname not in red_text and red.hostname not in rabbit_text
 
 
+def test_alerts_are_evaluated_per_cluster_and_name_it(
+    monitor: MonitorProcess, rabbit: CeleryWorker, hooks: Receiver
+) -> None:
+    for result in [rabbit.broker.tasks.fail.delay("boom") for _ in range(2)]:
+        result.get(timeout=20, propagate=False)
+    (fired,) = hooks.wait(lambda r: of(r.accepted("/json"), "firing"), 20,
+                          "a firing for rabbit's failures")
+    assert fired["cluster"] == "rabbit" and fired["rule"] == "failing"
+    assert [b for b in hooks.accepted("/json") if b.get("cluster") != "rabbit"] == []
+    rabbit_alerts = monitor.client.get("/clusters/rabbit/api/celeriac/alerts").json()
+    red_alerts = monitor.client.get("/api/celeriac/alerts").json()
+    assert rabbit_alerts["fired"] == 1 and red_alerts["fired"] == 0
+
+
 def test_each_cluster_has_its_own_sqlite_file(monitor: MonitorProcess) -> None:
     own = Path(monitor.log_path).parent / f"celeriac-{monitor.port}.sqlite3"
     assert own.exists()
@@ -250,6 +288,11 @@ def test_the_switcher_and_the_overview(
     # Only the switcher leaves the prefix: to the same page of the default cluster.
     assert inside and others == ["/tasks"]
     assert 'href="/tasks" data-cluster="red"' in page
+    # The worker page's control buttons and forms post under the prefix too.
+    page = monitor.client.get(f"/clusters/rabbit/worker/{rabbit.hostname}").text
+    targets = re.findall(r'(?:href|src|data-post|data-api)="(/[^"]*)"', page)
+    assert any("/api/worker/pool/grow/" in u for u in targets)
+    assert [u for u in targets if not u.startswith("/clusters/rabbit")] == ["/workers"]
 
     def both_online() -> list[dict[str, Any]] | None:
         rows = monitor.client.get("/api/celeriac/clusters").json()
@@ -348,6 +391,7 @@ def test_a_bad_cluster_flag_exits_2_in_one_line() -> None:
 def test_the_layout_under_a_url_prefix() -> None:
     """In-process, no lifespan (nothing connects): routing, redirects and 404s only."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from celeriac.server import create_app
 
@@ -362,7 +406,9 @@ def test_the_layout_under_a_url_prefix() -> None:
             return await c.get(path)
 
     def fetch(path: str) -> httpx.Response:
-        return asyncio.run(get(path))
+        # A thread of its own: a browser test may have left a loop running in this one.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, get(path)).result()
 
     r = fetch("/flower/clusters/b/api/openapi.json")
     assert r.status_code == 200 and r.json()["servers"] == [{"url": "/flower/clusters/b"}]
@@ -375,3 +421,17 @@ def test_the_layout_under_a_url_prefix() -> None:
     assert '<meta name="celeriac-base" content="/flower/clusters/b">' in page
     assert 'href="/flower/tasks" data-cluster="default"' in page
     assert fetch("/flower/clusters/b/static/app.js").status_code == 200
+
+
+def test_a_single_cluster_flag_is_watched() -> None:
+    """``--cluster NAME=URL`` alone (no --broker): that cluster, as the default one."""
+    from celeriac.clusters import Clusters
+
+    settings = Settings.build({"clusters": ["only=redis://127.0.0.1:1/5"], "db": "memory"}, {})
+    clusters = Clusters.build(settings)
+    try:
+        assert len(clusters) == 1 and clusters.default.name == "only"
+        assert clusters.default.cluster.app.conf.broker_url == "redis://127.0.0.1:1/5"
+        assert clusters.default.base == ""
+    finally:
+        clusters.close()

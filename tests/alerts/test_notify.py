@@ -30,6 +30,13 @@ def test_slack_body_is_text_only() -> None:
                 "(rule: more than 100 messages waiting in celery for 1m)"}
 
 
+def test_one_of_several_clusters_is_named() -> None:
+    alert = {**ALERT, "cluster": "eu-west"}
+    assert payload(Transition(alert, RULE, Phase.FIRING), Format.JSON)["cluster"] == "eu-west"
+    text = payload(Transition(alert, RULE, Phase.FIRING), Format.SLACK)["text"]
+    assert text.startswith("[FIRING] [cluster eu-west] backlog: 150 messages waiting")
+
+
 def test_error_texts_lose_every_piece_of_the_url() -> None:
     hook = Webhook("h", "https://bot:pa55@hooks.example.com/services/T1/B2/SECRET?sig=XYZ")
     text = _scrub("ConnectError: cannot reach https://bot:pa55@hooks.example.com/services/T1/"
