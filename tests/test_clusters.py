@@ -435,3 +435,34 @@ def test_a_single_cluster_flag_is_watched() -> None:
         assert clusters.default.base == ""
     finally:
         clusters.close()
+
+
+def test_two_clusters_on_one_postgresql_database(
+    red: CeleryWorker, rabbit: CeleryWorker, celeriac_server: MonitorFactory, postgres_url: str
+) -> None:
+    """Each cluster in its own schema, with its own leader election: this instance leads
+    both, and the tasks of each are stored and served apart."""
+    m = celeriac_server(red.broker, "--db", postgres_url,
+                        "--cluster", f"rabbit={rabbit.broker.url}")
+    for base in ("", "/clusters/rabbit"):
+        assert m.client.get(f"{base}/healthcheck").headers["x-celeriac-role"] == "leader"
+    on_red = red.broker.tasks.add.delay(5, 5)
+    on_rabbit = rabbit.broker.tasks.add.delay(6, 6)
+    assert on_red.get(timeout=20) == 10 and on_rabbit.get(timeout=20) == 12
+    wait_for(lambda: on_red.id in tasks_of(m), 20, 0.2, "red's task stored")
+    wait_for(lambda: on_rabbit.id in tasks_of(m, "/clusters/rabbit"), 20, 0.2,
+             "rabbit's task stored")
+    assert on_rabbit.id not in tasks_of(m) and on_red.id not in tasks_of(m, "/clusters/rabbit")
+    import psycopg
+
+    def stored() -> tuple[set[str], set[str]] | None:
+        # The API lists a task before its batch is committed: wait for the rows themselves.
+        with psycopg.connect(postgres_url) as conn:
+            rows = {r[0] for r in conn.execute("SELECT uuid FROM celeriac_rabbit.tasks")}
+            public = {r[0] for r in conn.execute("SELECT uuid FROM public.tasks")}
+        return (rows, public) if on_rabbit.id in rows and on_red.id in public else None
+
+    rows, public = wait_for(stored, 10, 0.2, "both tasks committed, each in its schema")
+    assert on_red.id not in rows and on_rabbit.id not in public
+    password = psycopg.conninfo.conninfo_to_dict(postgres_url)["password"]
+    assert password and password not in m.log_text()
