@@ -157,6 +157,8 @@ def main() -> None:
                          "(bench/store_bench.py's run), PostgreSQL then SQLite")  # fmt: skip
     ap.add_argument("--backlog", type=int, default=10_000, help="--http: events ahead")
     ap.add_argument("--rounds", type=int, default=1, help="--http: times the probes are run")
+    ap.add_argument("--stores", default="postgresql,sqlite",
+                    help="--http: which stores, in order (postgresql, sqlite)")  # fmt: skip
     a = ap.parse_args()
     if a.http:
         return http(a)
@@ -247,7 +249,8 @@ def http(a: argparse.Namespace) -> None:
     server = PostgresServer(durable=True).start()
     try:
         sections = []
-        for db in (server.new_url("http"), None):
+        wanted = [x.strip() for x in a.stores.split(",") if x.strip()]
+        for db in [server.new_url("http") if x == "postgresql" else None for x in wanted]:
             shutil.rmtree(workdir, ignore_errors=True)
             workdir.mkdir(parents=True)
             run = argparse.Namespace(**{**vars(a), "db": db, "reuse": False})
@@ -261,7 +264,7 @@ def http(a: argparse.Namespace) -> None:
             "# A real celeriac over HTTP: PostgreSQL and SQLite stores",
             "",
             f"Command: `python bench/pg_store_bench.py --http --tasks {a.tasks} --lag {a.lag} "
-            f"--backlog {a.backlog} --runs {a.runs} --rounds {a.rounds}`: "
+            f"--backlog {a.backlog} --runs {a.runs} --rounds {a.rounds} --stores {a.stores}`: "
             "bench/store_bench.py's HTTP run on a "
             "private PostgreSQL server (durable defaults, shared_buffers 128 MB), then on "
             "SQLite, one after the other on the same machine.",
