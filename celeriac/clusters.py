@@ -24,7 +24,7 @@ from typing import Any
 
 from celery import Celery
 
-from celeriac.cluster import Cluster, load_app
+from celeriac.cluster import BrokerUnreachable, Cluster, load_app
 from celeriac.leader import is_database_url
 from celeriac.settings import ClusterSpec, Settings
 from celeriac.store.location import NO_PERSISTENCE, cluster_db_path
@@ -141,8 +141,14 @@ class Clusters:
 
     # -- lifecycle --------------------------------------------------------------------------
     def check_brokers(self) -> None:
+        """Fail fast, in one line naming the cluster (when there are several)."""
         for m in self:
-            m.cluster.check_broker()
+            try:
+                m.cluster.check_broker()
+            except BrokerUnreachable as exc:
+                if len(self) == 1:
+                    raise
+                raise BrokerUnreachable(f"cluster {m.name}: {exc}") from None
 
     def start(self) -> None:
         for m in self:

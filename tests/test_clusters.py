@@ -466,3 +466,22 @@ def test_two_clusters_on_one_postgresql_database(
     assert on_red.id not in rows and on_rabbit.id not in public
     password = psycopg.conninfo.conninfo_to_dict(postgres_url)["password"]
     assert password and password not in m.log_text()
+
+
+def test_an_unreachable_cluster_is_one_line_naming_it(redis_broker: BrokerInfo) -> None:
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "celeriac", "--broker", redis_broker.url, "--db", "memory",
+         "--cluster", f"gone=amqp://guest:hunter2@127.0.0.1:{port}//"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("celeriac: cluster gone: cannot connect to broker "
+                               "amqp://guest:***@127.0.0.1")
+    assert "hunter2" not in done.stderr + done.stdout
