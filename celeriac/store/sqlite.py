@@ -6,6 +6,10 @@ PostgreSQL store; this module is the SQLite half. The writer thread writes each 
 ``BEGIN IMMEDIATE`` transaction. Readers use their own connection per thread; WAL lets them
 read while the writer writes.
 
+The full-text index (FTS5, trigram) holds the text of finished tasks only, written once when a
+task finishes, read by SQLite from the table in one statement per batch; searches take the
+unfinished tasks as candidates and check them (see ``_unindexed``).
+
 The writer runs few, large statements (many rows each) rather than ``executemany``: every
 statement step releases the GIL, and getting it back from a busy ingest thread can take a whole
 switch interval, so per-row steps made flushes several times slower under load (measured).
@@ -25,8 +29,10 @@ import os
 import sqlite3
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from itertools import compress, repeat
+from operator import itemgetter, ne
 from typing import Any
 
 from celeriac.constants import FINAL_STATES
@@ -59,7 +65,14 @@ _FTS = ", ".join(FTS_COLUMNS)
 _SELECT = f"SELECT {', '.join('t.' + c for c in TASK_COLUMNS)} FROM tasks AS t"
 # Statements that take many rows: ``{}`` is where the VALUES rows go (see _values).
 _INSERT = f"INSERT INTO tasks (id, {_COLS}) VALUES {{}}"
-_FTS_INSERT = f"INSERT INTO tasks_fts (rowid, {_FTS}) VALUES {{}}"
+# Index the text of the finished tasks among some rows, read from the table (see _indexed).
+_FTS_INDEX = (
+    f"INSERT INTO tasks_fts (rowid, {_FTS}) SELECT id, {_FTS} FROM tasks WHERE {{}}"
+    f" AND state IN ({', '.join(repr(s) for s in sorted(FINAL_STATES))})"
+    f" AND ({' OR '.join(f'{c} IS NOT NULL' for c in FTS_COLUMNS)})"
+)
+_FTS_INDEX_RANGE = _FTS_INDEX.format("id >= ? AND id < ?")
+_FTS_INDEX_IDS = _FTS_INDEX.format("id IN (SELECT value FROM json_each(?))")
 _FTS_DELETE = (
     f"INSERT INTO tasks_fts (tasks_fts, rowid, {_FTS}) SELECT 'delete', * FROM (VALUES {{}})"
 )
@@ -75,6 +88,9 @@ _IDS_IN = "{p}id IN (SELECT value FROM json_each(?))"
 _COUNT_ADD = "UPDATE meta SET value = value + ? WHERE key = 'task_count'"
 _FTS_AT = tuple(TASK_COLUMNS.index(c) for c in FTS_COLUMNS)
 _NAME_AT, _WORKER_AT = TASK_COLUMNS.index("name"), TASK_COLUMNS.index("worker")
+_STATE_AT = TASK_COLUMNS.index("state")
+_fts_of = itemgetter(*_FTS_AT)
+_POSITIONS = tuple(range(len(TASK_COLUMNS)))
 #: Columns whose values are tallied by the writer: exact counts for filters, without a scan.
 _TALLIED = {c: TASK_COLUMNS.index(c) for c in ("state", "name", "worker")}
 _FINAL = tuple(sorted(FINAL_STATES))
@@ -105,9 +121,24 @@ def _texts(rows: list[Row], at: int) -> Iterator[str]:
 
 
 def _indexed(row: Row) -> Row | None:
-    """The row's full-text columns, or None when it has no text to index."""
-    text = tuple(row[i] for i in _FTS_AT)
-    return text if any(v is not None for v in text) else None
+    """The row's full-text columns when the index holds them: the task is finished and has
+    text. An unfinished task's text is not indexed (searches check those tasks directly), so
+    that a task's text is indexed once, not again at each of its events."""
+    if row[_STATE_AT] not in FINAL_STATES:
+        return None
+    text: Row = _fts_of(row)
+    return None if text.count(None) == len(text) else text
+
+
+def _literal(value: Any) -> str:
+    """A stored value (text or number) as an SQL literal."""
+    if type(value) is str:
+        return "'" + value.replace("'", "''") + "'"
+    if type(value) is float and not math.isfinite(value):
+        return "-1e999" if value < 0 else "1e999"  # SQLite stores NaN as NULL
+    if type(value) in (int, float):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _live_row(record: TaskRecord) -> Live:
@@ -171,6 +202,9 @@ class SqliteStore(BatchingStore):
         self.path = path
         self.where = f"task database {path}"
         self._init_writer(max_tasks, max_age, flush_interval, max_pending)
+        # The rows this writer committed lately, ``uuid -> (id, *TASK_COLUMNS)``: see _remember.
+        self._recent: OrderedDict[str, Row] = OrderedDict()
+        self._recent_max = 2 * max_pending
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._conn = self._open(migrations)
@@ -281,31 +315,35 @@ class SqliteStore(BatchingStore):
 
     def _write(self, rows: list[Row], workers: dict[str, dict[str, Any]]) -> None:
         conn = self._conn
+        recent = self._recent
         conn.execute("BEGIN IMMEDIATE")
         try:
-            old = self._existing([row[0] for row in rows])
+            # The stored versions: those this writer wrote lately from memory, the rest (a
+            # task first seen, or one from before a restart) in one lookup.
+            old = self._existing([row[0] for row in rows if row[0] not in recent])
             next_id = (conn.execute("SELECT max(id) FROM tasks").fetchone()[0] or 0) + 1
             inserts: list[Row] = []
             updates: dict[tuple[int, ...], list[Row]] = {}
             fts_del: list[Row] = []
-            fts_add: list[Row] = []
-            tally: Counter[tuple[str, Any]] = Counter()
+            fts_add: list[int] = []  # rowids of updated rows to index (from their new values)
+            first_id = next_id
+            written: list[Row] = []  # (id, *row) of what changed, for `recent` once committed
+            replaced: list[Row] = []  # the stored versions of the rows updated
             for row in rows:
-                prev = old.get(row[0])
-                text = _indexed(row)
-                tally.update((c, row[i]) for c, i in _TALLIED.items())
-                if prev is None:
-                    inserts.append((next_id, *row))
-                    if text:
-                        fts_add.append((next_id, *text))
+                prev = recent.get(row[0]) or old.get(row[0])
+                if prev is None:  # indexed below, from the table, with the others inserted
+                    inserts.append(inserted := (next_id, *row))
+                    written.append(inserted)
                     next_id += 1
                     continue
+                text = _indexed(row)
                 rowid, prev_row = prev[0], prev[1:]
-                tally.subtract((c, prev_row[i]) for c, i in _TALLIED.items())
                 # SET only the changed columns, so indexes on the others are not rewritten.
-                changed = tuple(i for i in range(1, len(row)) if row[i] != prev_row[i])
+                changed = tuple(compress(_POSITIONS, map(ne, row, prev_row)))
                 if not changed:
                     continue
+                replaced.append(prev_row)
+                written.append((rowid, *row))
                 updates.setdefault(changed, []).append((rowid, *(row[i] for i in changed)))
                 prev_text = _indexed(prev_row)
                 if text != prev_text:
@@ -314,13 +352,19 @@ class SqliteStore(BatchingStore):
                     if prev_text:
                         fts_del.append((rowid, *prev_text))
                     if text:
-                        fts_add.append((rowid, *text))
+                        fts_add.append(rowid)
             self._values(_INSERT, inserts)
             for changed, params in updates.items():
                 sets = (f"{TASK_COLUMNS[i]} = v.column{n}" for n, i in enumerate(changed, 2))
                 self._values(_UPDATE.format(sets=", ".join(sets)), params)
             self._values(_FTS_DELETE, fts_del)
-            self._values(_FTS_INSERT, fts_add)
+            # The text index reads the new text from the table itself, in one statement per
+            # batch: 2.5 times less CPU than passing it as parameters (measured), and no
+            # Python per row while SQLite tokenizes.
+            if inserts:
+                conn.execute(_FTS_INDEX_RANGE, (first_id, next_id))
+            if fts_add:
+                conn.execute(_FTS_INDEX_IDS, (json.dumps(fts_add),))
             names = frozenset(_texts(rows, _NAME_AT)) - self._stored_names
             hosts = frozenset(_texts(rows, _WORKER_AT)) - self._stored_workers
             for table, new in (("task_names", names), ("worker_names", hosts)):
@@ -340,7 +384,14 @@ class SqliteStore(BatchingStore):
                 conn.execute("ROLLBACK")
             raise
         self._count += len(inserts)
+        tally: Counter[tuple[str, Any]] = Counter()
+        gone: Counter[tuple[str, Any]] = Counter()
+        for column, at in _TALLIED.items():  # counted in C; subtracted per distinct value
+            tally.update(zip(repeat(column), (r[at + 1] for r in written)))
+            gone.update(zip(repeat(column), (r[at] for r in replaced)))
+        tally.subtract(gone)
         self._count_values(tally)
+        self._remember(written)
         self._stored_names |= names
         self._stored_workers |= hosts
         self._add_names(names, hosts)
@@ -354,6 +405,17 @@ class SqliteStore(BatchingStore):
             marks = "(" + ", ".join("?" * len(chunk[0])) + ")"
             self._conn.execute(sql.format(", ".join([marks] * size)), [v for r in chunk for v in r])
             done += size
+
+    def _remember(self, written: list[Row]) -> None:
+        """Keep the rows just committed (the newest ``2 * max_pending``): a task's next events
+        (most come within seconds) are compared with them without reading the row back and
+        decoding it (the lookup cost ~7 µs per task that spanned two flushes, measured)."""
+        recent = self._recent
+        for row in written:
+            recent[row[1]] = row
+            recent.move_to_end(row[1])  # the oldest are dropped first
+        for _ in range(len(recent) - self._recent_max):
+            recent.popitem(last=False)  # O(1); a dict's first key is not, after deletions
 
     def _existing(self, uuids: list[str]) -> dict[str, Row]:
         """``uuid -> (id, *TASK_COLUMNS)`` of the stored versions of these tasks."""
@@ -389,9 +451,11 @@ class SqliteStore(BatchingStore):
                 return
 
     def _oldest_finished(self, limit: int, before: float | None = None) -> list[Row]:
-        """``(id, state, name, worker, *FTS_COLUMNS)`` of up to ``limit`` finished tasks,
-        oldest first."""
-        sql = f"SELECT id, timestamp, {', '.join(_TALLIED)}, {_FTS} FROM tasks WHERE state = ?"
+        """``(id, uuid, state, name, worker, *FTS_COLUMNS)`` of up to ``limit`` finished
+        tasks, oldest first."""
+        sql = (
+            f"SELECT id, timestamp, uuid, {', '.join(_TALLIED)}, {_FTS} FROM tasks WHERE state = ?"
+        )
         sql += " AND timestamp < ?" if before is not None else ""
         found: list[Row] = []
         for state in _FINAL:  # one (state, timestamp) index range each: no scan, no sort
@@ -414,7 +478,7 @@ class SqliteStore(BatchingStore):
         try:
             ids = [v[0] for v in victims]
             conn.execute(f"DELETE FROM tasks WHERE id IN ({', '.join('?' * len(ids))})", ids)
-            skip = 1 + len(_TALLIED)
+            skip = 2 + len(_TALLIED)
             indexed = [(v[0], *v[skip:]) for v in victims if any(x is not None for x in v[skip:])]
             self._values(_FTS_DELETE, indexed)
             conn.execute(_COUNT_ADD, (-len(ids),))
@@ -424,8 +488,10 @@ class SqliteStore(BatchingStore):
                 conn.execute("ROLLBACK")
             raise
         self._count -= len(victims)
+        for v in victims:
+            self._recent.pop(v[1], None)
         gone: Counter[tuple[str, Any]] = Counter()
-        gone.subtract((c, v[1 + n]) for v in victims for n, c in enumerate(_TALLIED))
+        gone.subtract((c, v[2 + n]) for v in victims for n, c in enumerate(_TALLIED))
         self._count_values(gone)
         self._pruned += len(victims)
 
@@ -524,8 +590,19 @@ class SqliteStore(BatchingStore):
         """The written tasks matching ``q``, without those in ``exclude`` (a JSON list)."""
         conds, counts = self._conditions(q)
         search = None if node is None else search_sql(node, self._names, self._workers)
+        # The text index holds finished tasks only: wherever it is asked, the unfinished
+        # tasks are candidates too, and a candidate the index did not vouch for is checked.
+        unfinished = None if search is None else self._unindexed()
+        check = None if search is None else compile_search(node)  # while reading
+        if check is not None and unfinished is not None:
+            exact = check
+            vouched = lambda r: r["state"] in FINAL_STATES or exact(r)  # noqa: E731
+        else:
+            vouched = None
         if search is not None and search.fts is None:  # no text: a filter like the others
-            conds.append(search.where("{p}"))
+            cond = search.where("{p}", "" if unfinished is None else f" OR ({unfinished})")
+            conds.append(cond)
+            check = vouched if "tasks_fts" in cond[0] else None
             search = None
         conn = self._reader()
         conn.execute("BEGIN")  # one snapshot for every statement below
@@ -539,16 +616,20 @@ class SqliteStore(BatchingStore):
                     self._render([c], "t." if i == plan else "+t.")[0] for i, c in enumerate(conds)
                 ]
             ordered = plan in ("index", "order") or (isinstance(plan, int) and q.sort_by is None)
-            text = node if search is not None else None  # checked in Python while reading
             if search is not None and (plan == "search" or ids is not None):
                 # The text index's matches as a list (or query): exact when the search is
                 # text only, candidates for the Python check otherwise.
-                member = (_IDS_IN, (ids,)) if ids is not None else (_FTS_IN, (search.fts,))
+                member: Cond = (
+                    (_IDS_IN, (ids,)) if ids is not None else (_FTS_IN, (search.fts,))
+                )
+                if unfinished is not None:
+                    member = (f"({member[0]} OR {unfinished})", member[1])
                 where += self._render([member], "t." if plan == "search" else "+t.")
-                text = node if search.sql is not None else None
+                if search.sql is None:
+                    check = vouched
             if exclude is not None:  # checked on the rows read, never driving the query
                 where.append(("+t.uuid NOT IN (SELECT value FROM json_each(?))", (exclude,)))
-            return self._page(conn, q, where, "t." if ordered else "+t.", text)
+            return self._page(conn, q, where, "t." if ordered else "+t.", check)
         finally:
             conn.execute("COMMIT")
 
@@ -585,6 +666,8 @@ class SqliteStore(BatchingStore):
         else:
             rows = n
         hits, ids = self._estimate_hits(conn, search.fts) if search is not None else (n, None)
+        if search is not None:  # unfinished tasks are not in the text index: all candidates
+            hits = min(hits + sum(self._unfinished_counts().values()), n)
         exact = ids is not None
         matches = max(rows * hits / n, 1)  # as if independent: pessimistic for walking
         walk = _COST["walk"] + (_COST["text"] if search is not None and not exact else 0.0)
@@ -618,6 +701,25 @@ class SqliteStore(BatchingStore):
         top, bottom = conn.execute(span).fetchone()
         return int(found * (top - bottom + 1) / (top - lowest + 1)), None
 
+    def _unfinished_counts(self) -> dict[Any, int]:
+        """Written tasks per unfinished state (the tasks the text index does not hold)."""
+        tally = dict(self._tally["state"])  # copied at once: the writer updates it
+        return {v: n for v, n in tally.items() if n > 0 and v not in FINAL_STATES}
+
+    def _unindexed(self) -> str | None:
+        """A condition on ``{p}state`` that holds for every written task whose text the index
+        does not hold (the unfinished ones), read off the state index; None if there are none.
+        The states are written as literals: the condition goes inside searches' SQL, wherever
+        they ask the text index, without parameters to place."""
+        states = self._unfinished_counts()
+        if not states:
+            return None
+        values = [_literal(v) for v in states if v is not None]
+        terms = [f"{{p}}state IN ({', '.join(values)})"] if values else []
+        if None in states:
+            terms.append("{p}state IS NULL")
+        return " OR ".join(terms)
+
     def _conditions(self, q: TaskQuery) -> tuple[list[Cond], list[int]]:
         """The filters of ``q``, with ``{p}`` before each column, and for the leading ones (on
         tallied columns) how many tasks each matches."""
@@ -647,10 +749,10 @@ class SqliteStore(BatchingStore):
     @staticmethod
     def _page(
         conn: sqlite3.Connection, q: TaskQuery, where: list[Cond], prefix: str,
-        text: Node | None = None,
+        check: Callable[[TaskRecord], bool] | None = None,
     ) -> list[TaskRecord]:  # fmt: skip
         """One page in the order :meth:`query` documents. ``prefix`` "+t." keeps SQLite from
-        walking a sort index (a filter drives instead); ``text``, when given, is a search to
+        walking a sort index (a filter drives instead); ``check``, when given, is a search to
         apply in Python while walking."""
         direction = "DESC" if q.descending or q.sort_by is None else "ASC"
         key = q.sort_by or "timestamp"
@@ -660,14 +762,14 @@ class SqliteStore(BatchingStore):
         else:  # ties by task id, as Flower
             order = f"{prefix}{key}{collate} {direction}, {prefix}uuid {direction}"
         sql = f"{_SELECT} WHERE {_and(where)} ORDER BY {order}"
-        if text is None:
+        if check is None:
             rows = conn.execute(
                 f"{sql} LIMIT ? OFFSET ?", [*_params(where), q.limit or -1, q.offset]
             )
             return [dict(zip(TASK_COLUMNS, row, strict=True)) for row in rows]
         rows = conn.execute(sql, _params(where))
         records = (dict(zip(TASK_COLUMNS, row, strict=True)) for row in rows)
-        return checked_page(records, compile_search(text), q.offset, q.limit)
+        return checked_page(records, check, q.offset, q.limit)
 
     def _tasks_known(self) -> int:
         return self._count

@@ -112,6 +112,24 @@ def test_values_come_back_exactly(store):
     assert store.stats()["write_errors"] == {}
 
 
+def test_search_follows_a_task_through_its_flushes(store):
+    # Each event of the task in its own flush: searches find it by what it has at each step
+    # (SQLite indexes the text once the task is finished, and checks unfinished ones directly).
+    record = make(1, state="RECEIVED", args="('lemon', 1)", result=None, exception=None)
+    for step, expected in [
+        ({}, {"lemon": True, "papaya": False}),
+        ({"state": "STARTED"}, {"lemon": True, "papaya": False}),
+        ({"state": "SUCCESS", "result": "'papaya'"}, {"lemon": True, "papaya": True}),
+        ({"result": "'mango'"}, {"papaya": False, "mango": True, "result:mango": True}),
+    ]:
+        record.update(step)
+        store.put(dict(record))
+        assert store.flush()
+        for text, found in expected.items():
+            got = [r["uuid"] for r in store.query(TaskQuery(search=text))]
+            assert got == (["task-00001"] if found else []), (step, text)
+
+
 def test_put_is_visible_at_once_and_coalesced(backend):
     store = backend.open()  # no writer thread: nothing is written until flush()
     record = make(1, state="RECEIVED")
