@@ -464,6 +464,16 @@ def test_two_clusters_on_one_postgresql_database(
 
     rows, public = wait_for(stored, 10, 0.2, "both tasks committed, each in its schema")
     assert on_red.id not in rows and on_rabbit.id not in public
+    # A second instance on the same database follows in both clusters, and serves each
+    # cluster's tasks from that cluster's schema.
+    follower = celeriac_server(red.broker, "--db", postgres_url,
+                               "--cluster", f"rabbit={rabbit.broker.url}")
+    for base in ("", "/clusters/rabbit"):
+        assert follower.client.get(f"{base}/healthcheck").headers["x-celeriac-role"] == (
+            "follower")
+    assert on_red.id in tasks_of(follower) and on_rabbit.id not in tasks_of(follower)
+    rabbit_tasks = tasks_of(follower, "/clusters/rabbit")
+    assert on_rabbit.id in rabbit_tasks and on_red.id not in rabbit_tasks
     password = psycopg.conninfo.conninfo_to_dict(postgres_url)["password"]
     assert password and password not in m.log_text()
 
