@@ -97,3 +97,17 @@ def test_timeline_keeps_sent_first_and_the_end_last_whatever_the_clocks_say() ->
     names = re.findall(r'class="ev-name">(\w+)<', html)
     assert names == ["sent", "received", "started", "failed"]
     assert "clocks differ" in html and "-" not in re.sub(r"<[^>]+>|\d{4}-\d\d-\d\d", "", html)
+
+
+def test_under_a_cluster_prefix_sign_out_is_the_roots() -> None:
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from celeriac.auth import Identity
+    from celeriac.web.markup import signed_in
+
+    state = SimpleNamespace(settings=SimpleNamespace(prefix="/m/clusters/eu"), root_prefix="/m")
+    request = Request({"type": "http", "app": SimpleNamespace(state=state),
+                       "celeriac.identity": Identity("a@example.com", "oidc")})
+    assert 'href="/m/logout"' in signed_in(request)
