@@ -177,11 +177,11 @@ _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 async def other_cluster(request: Request) -> Response:
     """``/clusters/NAME/...`` of no mounted cluster: the default one's lives at the root
-    (redirected there), any other name is unknown."""
+    (redirected there), any other name is unknown; ``/clusters/NAME`` goes to its ``/``."""
     clusters: Clusters = request.app.state.clusters
     name = request.path_params["name"]
     member = clusters.get(name)
-    if member is None or not member.default:
+    if member is None:
         return text_error(404, f"Unknown cluster '{name}'")
     target = f"{member.base}/{request.path_params.get('rest', '')}"
     if request.url.query:

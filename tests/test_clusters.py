@@ -421,6 +421,8 @@ def test_the_layout_under_a_url_prefix() -> None:
     assert '<meta name="celeriac-base" content="/flower/clusters/b">' in page
     assert 'href="/flower/tasks" data-cluster="default"' in page
     assert fetch("/flower/clusters/b/static/app.js").status_code == 200
+    r = fetch("/flower/clusters/b")
+    assert r.status_code == 307 and r.headers["location"] == "/flower/clusters/b/"
 
 
 def test_a_single_cluster_flag_is_watched() -> None:
