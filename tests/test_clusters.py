@@ -282,6 +282,7 @@ def test_the_switcher_and_the_overview(
 
     page = monitor.client.get("/clusters/rabbit/tasks").text
     assert '<meta name="celeriac-base" content="/clusters/rabbit">' in page
+    assert "<title>Tasks · rabbit · celeriac</title>" in page
     links = re.findall(r'(?:href|src|data-post)="(/[^"]*)"', page)
     inside = [u for u in links if u.startswith("/clusters/rabbit/")]
     others = [u for u in links if not u.startswith("/clusters/rabbit/")]

@@ -73,6 +73,14 @@ def switcher(request: Request, nav: str) -> str:
             f"<ul>{items}</ul></details>")
 
 
+def cluster_label(request: Request) -> str:
+    """`` · NAME`` for a tab's title when several clusters are watched."""
+    clusters = getattr(request.app.state, "clusters", None)
+    if clusters is None or len(clusters) < 2:
+        return ""
+    return f" · {getattr(request.app.state, 'cluster_name', '')}"
+
+
 def path_part(value: str) -> str:
     """A worker name or task id as one URL path segment (``@`` stays readable)."""
     return quote(value, safe="@:")
@@ -174,7 +182,7 @@ def page(
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="color-scheme" content="light dark">
 <meta name="celeriac-base" content="{esc(prefix)}">
-<title>{esc(title)} · celeriac</title>
+<title>{esc(title)}{esc(cluster_label(request))} · celeriac</title>
 <link rel="icon" href="{FAVICON}">
 <link rel="stylesheet" href="{esc(prefix)}/static/celeriac.css?v={v}">
 {scripts}
