@@ -75,12 +75,16 @@ def leadership_for(cluster: Cluster) -> Leadership | None:
         return None
     from celeriac.cluster import open_source
     from celeriac.store.location import cluster_identity
+    from celeriac.store.pg_schema import schema_of
     from celeriac.store.postgres import PostgresStore
 
     store = cluster.store
     if not isinstance(store, PostgresStore):  # a test's own store
         return None
     identity = cluster_identity(cluster.app.conf.broker_url or "")
+    schema = schema_of(url)
+    if schema:  # one of several clusters (--cluster): the lock is its store's, not the broker's
+        identity = f"{identity} [{schema}]"
 
     started = False
     marker: int | None = None  # the store's change marker, as a follower last saw it

@@ -477,6 +477,8 @@ def test_two_clusters_on_one_postgresql_database(
     assert on_red.id in tasks_of(follower) and on_rabbit.id not in tasks_of(follower)
     rabbit_tasks = tasks_of(follower, "/clusters/rabbit")
     assert on_rabbit.id in rabbit_tasks and on_red.id not in rabbit_tasks
+    # The lock is per cluster store: the schema is part of the election's identity.
+    assert re.search(r"leader for amqp://\S+ \[celeriac_rabbit\]: ingesting", m.log_text())
     password = psycopg.conninfo.conninfo_to_dict(postgres_url)["password"]
     assert password and password not in m.log_text()
 
