@@ -31,6 +31,7 @@ from celeriac.store.base import TaskQuery
 from celeriac.store.memory import MemoryStore
 from celeriac.store.postgres import PostgresStore
 from celeriac.store.sqlite import SqliteStore
+from celeriac.store.writer import SWITCH_INTERVAL
 from tests.store.test_sqlite import NAMES, REPO, SORTS, T0, make, reference
 from tests.test_state import ev, lifecycle, new_id
 
@@ -128,6 +129,21 @@ def test_search_follows_a_task_through_its_flushes(store):
         for text, found in expected.items():
             got = [r["uuid"] for r in store.query(TaskQuery(search=text))]
             assert got == (["task-00001"] if found else []), (step, text)
+
+
+def test_a_running_writer_lowers_the_gil_switch_interval_never_raises_it(backend):
+    before = sys.getswitchinterval()
+    try:
+        for start_with, expected in [(0.005, SWITCH_INTERVAL), (SWITCH_INTERVAL / 2,) * 2]:
+            sys.setswitchinterval(start_with)
+            store = backend.open()
+            store.start()
+            try:
+                assert sys.getswitchinterval() == pytest.approx(expected)
+            finally:
+                store.close()
+    finally:
+        sys.setswitchinterval(before)
 
 
 def test_put_is_visible_at_once_and_coalesced(backend):
