@@ -17,6 +17,7 @@ import argparse
 import os
 import platform
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from typing import Any
 
 import amqp
 import orjson
+from kombu import Connection
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,7 +52,10 @@ VARIANTS = {
 def fill(url: str, queue: str, bodies: list[tuple[str, bytes]]) -> None:
     host, _, rest = url.removeprefix("amqp://").partition("@")[2].partition("/")
     user, _, password = url.removeprefix("amqp://").partition("@")[0].partition(":")
-    conn = amqp.Connection(host, userid=user, password=password, virtual_host=rest or "/")
+    # py-amqp's default TCP_USER_TIMEOUT (1 s) drops a publisher the broker holds back under
+    # flow control; give it a minute.
+    conn = amqp.Connection(host, userid=user, password=password, virtual_host=rest or "/",
+                           socket_settings={socket.TCP_USER_TIMEOUT: 60_000})  # fmt: skip
     conn.connect()
     ch = conn.channel()
     ch.exchange_declare(EVENT_EXCHANGE, "topic", durable=True, auto_delete=False)
@@ -68,6 +73,11 @@ def fill(url: str, queue: str, bodies: list[tuple[str, bytes]]) -> None:
             raise SystemExit("the broker did not take every message")
         time.sleep(0.1)
     conn.close()
+
+
+def delete(url: str, queue: str) -> None:
+    with Connection(url) as conn:
+        conn.default_channel.queue_delete(queue)
 
 
 def drain(url: str, queue: str, variant: str, events: int, workdir: Path) -> dict[str, Any]:
@@ -121,6 +131,7 @@ def main() -> None:
                 queue = f"ack-bench-{variant}-{r}"
                 fill(url, queue, bodies)
                 got = drain(url, queue, variant, events, workdir)
+                delete(url, queue)
                 results[variant].append(got)
                 print(f"round {r} {variant}: {got['seconds']:.1f} s, {got['rate']:,.0f} events/s "
                       f"(prefetch {got['prefetch']:,})", file=sys.stderr, flush=True)  # fmt: skip
