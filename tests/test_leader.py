@@ -344,3 +344,32 @@ def test_with_a_stable_event_queue_a_sigkilled_leader_loses_nothing(
 
     wait_for(all_final, 60, 0.2, "every task sent, before and after the kill, final in the store")
     assert "Traceback" not in follower.log_text()
+
+
+def test_a_follower_that_cannot_listen_polls_the_store(redis_broker, postgres_url):
+    # In process: the follower polls once an hour while it hears the leader's NOTIFYs, and
+    # every election round (a second) while it cannot listen.
+    settings = Settings(broker=redis_broker.url, db=postgres_url, follower_poll=3600)
+    leader = Cluster(Settings(broker=redis_broker.url, db=postgres_url))
+    follower = Cluster(settings)
+    leader.start()
+    try:
+        wait_for(lambda: leader.role == LEADER, 10, message="the leader")
+        follower.start()
+        store = follower.store
+        assert isinstance(store, PostgresStore) and follower.role == FOLLOWER
+        wait_for(lambda: store.listening, 10, message="the follower to listen")
+        seen = follower.store_changes
+        leader.store.put(make(1, state="SUCCESS"))
+        assert leader.store.flush()
+        wait_for(lambda: follower.store_changes > seen, 10, message="the NOTIFY heard")
+        assert store._listener is not None
+        store._listener.close()  # as if its connection were gone for good
+        assert not store.listening
+        seen = follower.store_changes
+        leader.store.put(make(2, state="SUCCESS"))
+        assert leader.store.flush()
+        wait_for(lambda: follower.store_changes > seen, 10, message="the change polled")
+    finally:
+        follower.close()
+        leader.close()
