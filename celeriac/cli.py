@@ -15,7 +15,8 @@ from typing import Any
 import click
 
 from celeriac import __version__
-from celeriac.settings import Settings, SettingsError
+from celeriac.flower_options import FLOWER_ONLY
+from celeriac.settings import FLOWER_FLAG_PREFIX, Settings, SettingsError
 
 
 def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -106,6 +107,27 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--log-level", "--log_level", "log_level",
                      type=click.Choice(["debug", "info", "warning", "error"]),
                      help="Log level [info]."),
+        click.option("--enable-events", "--enable_events", "enable_events", metavar="[BOOL]",
+                     is_flag=False, flag_value="true",
+                     help="Broadcast enable_events every 5 s, so workers started without -E "
+                          "send task events, as Flower [on] (CELERIAC_ENABLE_EVENTS)."),
+        click.option("--no-enable-events", "no_enable_events", is_flag=True, default=None,
+                     help="Leave the workers' event setting alone."),
+        click.option("--xheaders", metavar="[BOOL]", is_flag=False, flag_value="true",
+                     help="Behind a proxy: trust X-Forwarded-For/-Proto from any address."),
+        click.option("--unix-socket", "--unix_socket", "unix_socket", metavar="PATH",
+                     help="Listen on this Unix socket instead of --address/--port."),
+        click.option("--ca-certs", "--ca_certs", "ca_certs", metavar="FILE",
+                     help="TLS: CA certificates to load, with --certfile."),
+        click.option("--read-only", "--read_only", "read_only", metavar="[BOOL]",
+                     is_flag=False, flag_value="true",
+                     help="Every user can look but not act (Flower's --read_only)."),
+        click.option("--conf", metavar="FILE",
+                     help="A Flower flowerconfig.py: its 'name = value' lines are read."),
+        *(click.option(f"--{name}", f"{FLOWER_FLAG_PREFIX}{name}", is_flag=False,
+                       metavar="[BOOL]" if is_bool else "VALUE",
+                       flag_value="true" if is_bool else None, help=text)
+          for name, (is_bool, text) in FLOWER_ONLY.items() if name != "read_only"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -126,6 +148,8 @@ def _serve(flags: dict[str, Any], app: Any = None) -> None:
                   code=2)
         _check_tls(settings)
         _setup_logging(settings.log_level)
+        for level, message in settings.notices:
+            logging.getLogger("celeriac").log(logging.getLevelName(level.upper()), "%s", message)
         clusters = Clusters.build(settings, app=app)
         clusters.check_brokers()
     except SettingsError as exc:

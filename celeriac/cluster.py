@@ -16,8 +16,15 @@ from typing import Any
 from celery import Celery
 
 from celeriac.control import INSPECT_ALWAYS, INSPECT_DETAIL, Control
+from celeriac.enable_events import EventsSwitch
 from celeriac.events.base import EventSource
-from celeriac.leader import Leadership, is_database_url, leadership_for, open_shared_store
+from celeriac.leader import (
+    FOLLOWER,
+    Leadership,
+    is_database_url,
+    leadership_for,
+    open_shared_store,
+)
 from celeriac.settings import Settings, SettingsError, redact_url
 from celeriac.state import State
 from celeriac.store.base import TaskStore
@@ -143,6 +150,11 @@ class Cluster:
         self.source = open_source(settings, self.app, self.state, self.control)
         # On a shared store only the elected instance ingests; None: this one always does.
         self.leadership: Leadership | None = leadership_for(self)
+        # Flower's --enable_events: workers without -E send task events (an ingesting
+        # instance asks; a follower's leader does it for it).
+        self.events_switch = EventsSwitch(
+            self.app, wanted=lambda: self.role != FOLLOWER, label=name or ""
+        ) if settings.enable_events else None
         self.store_changes = 0  # a follower counts the leader's writes here (live pages)
         # Worker details from inspect replies, kept across refreshes: {hostname: info}.
         self.worker_info: dict[str, dict[str, Any]] = {}
@@ -171,6 +183,8 @@ class Cluster:
             self.leadership.start()  # starts the source whenever elected
         else:
             self.source.start()
+        if self.events_switch is not None:
+            self.events_switch.start()
         log.info("watching %s%s", self.broker_url, f" (cluster {self.name})" if self.name else "")
         path = getattr(self.store, "path", None)
         if isinstance(self.store, MemoryStore):
@@ -186,6 +200,8 @@ class Cluster:
     def close(self) -> None:
         if self.leadership is not None:
             self.leadership.close()
+        if self.events_switch is not None:
+            self.events_switch.close()
         self.source.close()
         self.control.close()
         self.store.close()

@@ -245,5 +245,9 @@ def serve(
         timeout_graceful_shutdown=5,
         ssl_certfile=settings.certfile,
         ssl_keyfile=settings.keyfile,
+        ssl_ca_certs=settings.ca_certs,
+        uds=settings.unix_socket,
+        # Flower's --xheaders: X-Forwarded-* from any proxy; else only from this machine's.
+        forwarded_allow_ips="*" if settings.xheaders else None,
     )
     uvicorn.Server(config).run()

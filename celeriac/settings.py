@@ -1,8 +1,9 @@
 """One typed settings object, built once from command-line flags and ``CELERIAC_*`` variables.
 
 Every constructor in celeriac takes what it needs from a :class:`Settings`; nothing reads the
-environment anywhere else. Precedence: explicit flag, then ``CELERIAC_<NAME>``, then default.
-Flower's ``FLOWER_UNAUTHENTICATED_API`` is honoured so that scripts written for Flower keep working.
+environment anywhere else. Precedence: explicit flag, then ``CELERIAC_<NAME>``, then Flower's
+``FLOWER_<NAME>`` (and ``--conf``'s flowerconfig.py), then default: see celeriac/flower_options.py,
+which also maps Flower's options that have no celeriac name of their own.
 
 Secrets (passwords, API tokens) are kept out of ``repr`` and out of every error message, so a
 settings object or a refused value can be logged without leaking them.
@@ -295,6 +296,15 @@ class Settings:
     # answers at Flower's paths, the others under /clusters/NAME/.
     clusters: tuple[ClusterSpec, ...] = ()
     default_cluster: str | None = None
+    # Flower's --enable_events: broadcast enable_events so workers without -E send task events
+    enable_events: bool = True
+    xheaders: bool = False  # trust X-Forwarded-For/-Proto from any proxy (Flower's --xheaders)
+    unix_socket: str | None = None  # listen on this Unix socket instead of address:port
+    ca_certs: str | None = None  # TLS: CA certificates to load (Flower's --ca_certs)
+    read_only: bool = False  # Flower's --read_only: every user can look but not act
+    conf: str | None = None  # a flowerconfig.py whose simple assignments are read
+    # What became of Flower-only options: (level, message) lines logged at start.
+    notices: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -362,7 +372,12 @@ class Settings:
         self._validate_oidc()
         if self.keyfile and not self.certfile:
             raise SettingsError("keyfile: given without certfile")
-        for name in ("certfile", "keyfile"):
+        if self.ca_certs and not self.certfile:
+            raise SettingsError("ca_certs: given without certfile")
+        if self.read_only and self.unauthenticated_api:
+            raise SettingsError("read_only: anonymous API callers could still act; give "
+                                "credentials instead of unauthenticated_api")
+        for name in ("certfile", "keyfile", "ca_certs"):
             path = getattr(self, name)
             if path and not os.path.isfile(path):
                 raise SettingsError(f"{name}: no such file {path}")
@@ -476,9 +491,22 @@ class Settings:
                 values[f.name] = _convert(f.name, raw)
         if parse_bool(env.get("FLOWER_UNAUTHENTICATED_API", "false"), "FLOWER_UNAUTHENTICATED_API"):
             values["unauthenticated_api"] = True
+        from celeriac import flower_options
+
+        flower_flags = {k[len(FLOWER_FLAG_PREFIX):]: v for k, v in (flags or {}).items()
+                        if k.startswith(FLOWER_FLAG_PREFIX) and v is not None}
+        if (flags or {}).get("conf"):
+            flower_flags["conf"] = flags["conf"]  # type: ignore[index]
+        notices = flower_options.apply(values, flower_flags, env, _convert)
         tokens: list[ApiToken] = list(values.pop("api_tokens", ()))
         for name, value in (flags or {}).items():
             if value is None or (name in _FLAGS and value is False):
+                continue
+            if name.startswith(FLOWER_FLAG_PREFIX):
+                continue  # folded in above
+            if name == "no_enable_events":
+                if value:
+                    values["enable_events"] = False
                 continue
             if name == "api_tokens":
                 tokens += [parse_api_token(v) if isinstance(v, str) else v for v in value]
@@ -500,6 +528,25 @@ class Settings:
                 raise SettingsError("oidc_client_secret: given twice, directly and as a file")
             values["oidc_client_secret"] = read_secret_file(
                 values["oidc_client_secret_file"], "oidc_client_secret_file")
+        cookie = values.pop(flower_options.COOKIE, None)
+        if cookie is not None:  # Flower always had one; celeriac signs OIDC sessions only
+            if values.get("oidc_issuer"):
+                if cookie[1] or "cookie_secret" not in values:
+                    values["cookie_secret"] = cookie[0]
+            else:
+                notices.append(("info", "--cookie_secret is ignored: celeriac signs cookies "
+                                        "only for OpenID Connect sign-in"))
+        if values.get("oidc_redirect_uri"):
+            values["oidc_redirect_uri"], notice = flower_options.redirect_uri(
+                values["oidc_redirect_uri"])
+            notices += [notice] if notice else []
+        if values.get("read_only"):  # Flower's read-only mode: nobody acts
+            values["basic_auth_read_only"] = (tuple(values.get("basic_auth_read_only", ()))
+                                              + tuple(values.pop("basic_auth", ())))
+            values["api_tokens"] = tuple(dataclasses.replace(t, read_only=True)
+                                         for t in values["api_tokens"])
+            values["oidc_read_only"] = bool(values.get("oidc_issuer"))
+        values["notices"] = tuple(notices)
         return cls(**values).validate()
 
 
@@ -533,6 +580,8 @@ def _fold_cluster_options(
 
 #: Boolean flags whose ``False`` means "not given" (a variable may still set them).
 _FLAGS = frozenset({"unauthenticated_api", "metrics_public", "oidc_read_only"})
+#: Flags named ``flower_<NAME>`` are Flower options without a field of their own.
+FLOWER_FLAG_PREFIX = "flower_"
 
 
 def _convert(name: str, raw: str) -> Any:
@@ -554,6 +603,9 @@ def _convert(name: str, raw: str) -> Any:
         "oidc_domains": parse_domains,
         "session_max_age": parse_duration,
         "clusters": parse_clusters,
+        "enable_events": lambda v: parse_bool(v, name),
+        "xheaders": lambda v: parse_bool(v, name),
+        "read_only": lambda v: parse_bool(v, name),
     }
     convert = kinds.get(name)
     if convert is None:
