@@ -122,6 +122,10 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--read-only", "--read_only", "read_only", metavar="[BOOL]",
                      is_flag=False, flag_value="true",
                      help="Every user can look but not act (Flower's --read_only)."),
+        click.option("--task-runtime-metric-buckets", "--task_runtime_metric_buckets",
+                     "task_runtime_metric_buckets", metavar="S[,S...]",
+                     help="Upper bounds of /metrics' task runtime histogram, in seconds "
+                          "[Flower's: 0.005 ... 10]."),
         click.option("--conf", metavar="FILE",
                      help="A Flower flowerconfig.py: its 'name = value' lines are read."),
         *(click.option(f"--{name}", f"{FLOWER_FLAG_PREFIX}{name}", is_flag=False,

@@ -10,9 +10,13 @@ store does not: its leader does.
 workers: no remote command can turn those on.
 
 The broadcast runs on a daemon thread of its own, never on the event loop or the event reader's
-thread: kombu's publish retries for as long as the broker is down, and that must block nothing
-but the next broadcast. The connection is kept between broadcasts and opened anew after any
-error, so a broker that goes away and comes back is simply reached again.
+thread: Celery's mailbox publishes with kombu's ``retry=True``, which, when the connection
+breaks under it, reconnects for as long as the broker is down; that must block nothing but the
+next broadcast. Before each, a connection kept for the purpose (no churn in the broker's log,
+opened anew after an error) is checked with a bounded retry, so a broker already down costs a
+logged failure rather than a wait; the message itself goes out through the app's producer pool,
+as every Celery control command. A broadcast still waiting after :data:`SLOW` seconds is
+logged, so an outage that starts mid-publish shows while it lasts.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ log = logging.getLogger("celeriac")
 
 #: Seconds between two broadcasts (Flower's 5 s).
 INTERVAL = 5.0
+#: A broadcast waiting this long for the broker is logged.
+SLOW = 10.0
 
 
 class EventsSwitch:
@@ -75,8 +81,15 @@ class EventsSwitch:
         try:
             if self._conn is None:
                 self._conn = self.app.connection_for_write()
-            self._conn.ensure_connection(max_retries=1, timeout=5)
-            self.app.control.enable_events(connection=self._conn)
+            self._conn.ensure_connection(max_retries=1, interval_start=0.5, timeout=5)
+            waiting = threading.Timer(SLOW, self._complain, (
+                f"still waiting for the broker after {SLOW:g} s (kombu keeps reconnecting)",))
+            waiting.daemon = True
+            waiting.start()
+            try:
+                self.app.control.enable_events(connection=self._conn)
+            finally:
+                waiting.cancel()
         except Exception as exc:  # a broker gone away: try again, on a new connection
             self._drop()
             self._complain(f"{type(exc).__name__}: {exc}")

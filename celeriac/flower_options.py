@@ -37,6 +37,7 @@ SHARED = {
     "xheaders": "xheaders",
     "unix_socket": "unix_socket",
     "oauth2_redirect_uri": "oidc_redirect_uri",
+    "task_runtime_metric_buckets": "task_runtime_metric_buckets",
 }
 
 #: Flower options with no field of their own: name -> (takes true/false, help).
@@ -52,8 +53,6 @@ FLOWER_ONLY: dict[str, tuple[bool, str]] = {
     "natural_time": (True, "Flower's UI preference; ignored."),
     "tasks_columns": (False, "Flower's UI preference; ignored."),
     "format_task": (False, "Flower's Python hook (flowerconfig.py only); ignored."),
-    "task_runtime_metric_buckets": (False, "Flower's; celeriac's /metrics keeps Flower's "
-                                           "default buckets; ignored."),
     "oauth2_key": (False, "Flower's: the OpenID Connect client id (--oidc-client-id)."),
     "oauth2_secret": (False, "Flower's: the client secret (better: FLOWER_OAUTH2_SECRET)."),
     "auth_provider": (False, "Flower's login handler class: Google, GitLab and Okta map to "
@@ -75,13 +74,15 @@ IGNORED = {
                      "in the page",
     "format_task": "a Python function of Flower's; celeriac shows tasks as the workers sent "
                    "them",
-    "task_runtime_metric_buckets": "celeriac's /metrics uses Flower's default runtime buckets",
     "state_save_interval": "celeriac writes its task history as events arrive",
 }
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 #: Where :func:`apply` leaves Flower's cookie secret until the sign-in settings are all known.
 COOKIE = "_flower_cookie_secret"
+#: Set by :func:`apply` when Flower's --persistent was given (see :func:`history_file`).
+PERSISTENT = "_flower_persistent"
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 Notice = tuple[str, str]  # (level, message)
 
@@ -180,6 +181,7 @@ def apply(
         if name in IGNORED:
             notices.append(("warning", f"--{name} is ignored: {IGNORED[name]}"))
         elif name == "persistent":
+            values[PERSISTENT] = True
             notices.append(("info", "--persistent: celeriac always keeps its task history "
                                     "(--db, a SQLite file by default); Flower's state file "
                                     "is not read"))
@@ -218,6 +220,23 @@ def issuer_for(provider: str, env: Mapping[str, str]) -> str:
                             "an OpenID Connect provider (--oidc-issuer)")
     raise SettingsError(f"auth_provider: unknown provider {provider!r} (Flower's Google, "
                         "GitLab and Okta handlers map to --oidc-issuer)")
+
+
+def history_file(db: str | None) -> tuple[str | None, Notice | None]:
+    """With Flower's ``--persistent``, ``--db`` may name Flower's own state file (a dbm
+    shelve): celeriac's history then goes next to it rather than failing to open it."""
+    if not db or "://" in db or not os.path.isfile(db):
+        return db, None
+    try:
+        with open(db, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except OSError:
+        return db, None  # the store says why it cannot open it
+    if not header or header == SQLITE_HEADER:
+        return db, None
+    moved = f"{db}.celeriac.sqlite3"
+    return moved, ("warning", f"--db {db} is Flower's state file (not read): celeriac keeps "
+                              f"its history in {moved}")
 
 
 def redirect_uri(value: str) -> tuple[str, Notice | None]:

@@ -84,7 +84,10 @@ class EventTally:
     an event. Readers take copies (a dict or list copy is atomic under the GIL)."""
 
     def __init__(self, max_names: int = MAX_TASK_NAMES, max_hosts: int = MAX_HOSTS,
-                 max_pairs: int = MAX_PAIRS) -> None:
+                 max_pairs: int = MAX_PAIRS,
+                 runtime_buckets: Sequence[float] | None = None) -> None:
+        # --task-runtime-metric-buckets (Flower's --task_runtime_metric_buckets)
+        self.runtime_buckets = tuple(runtime_buckets or RUNTIME_BUCKETS)
         self.max_names = max_names
         self.max_hosts = max_hosts
         self.max_pairs = max_pairs
@@ -156,8 +159,8 @@ class EventTally:
                     0 <= runtime <= _LONGEST):  # NaN, negative or absurd: not observed
                 h = self.runtime.get(pair)
                 if h is None:
-                    h = self.runtime[pair] = [0.0] * (len(RUNTIME_BUCKETS) + 2)
-                _observe(h, RUNTIME_BUCKETS, runtime)
+                    h = self.runtime[pair] = [0.0] * (len(self.runtime_buckets) + 2)
+                _observe(h, self.runtime_buckets, runtime)
             if prefetch and rec.get("started") is not None:
                 self.prefetch_time[pair] = 0.0
         elif kind == "task-failed":
@@ -231,7 +234,7 @@ class ClusterCollector:
                                         labels=["worker", "task"])
         for (worker, name), counts in dict(t.runtime).items():
             if worker not in offline:
-                buckets, total = _histogram(list(counts), RUNTIME_BUCKETS)
+                buckets, total = _histogram(list(counts), t.runtime_buckets)
                 runtime.add_metric([worker, name], buckets, total)
         yield runtime
         prefetch_time = GaugeMetricFamily(
@@ -418,7 +421,7 @@ class Metrics:
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self.tally = EventTally()
+        self.tally = EventTally(runtime_buckets=cluster.settings.task_runtime_metric_buckets)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ClusterCollector(cluster, self.tally, self))
         ProcessCollector(registry=self.registry)

@@ -152,6 +152,17 @@ def parse_duration(value: str) -> float:
     return seconds
 
 
+def parse_buckets(value: str) -> tuple[float, ...]:
+    """``0.1,1,10`` -> histogram upper bounds, ascending and finite (+Inf is always added)."""
+    bounds = tuple(float(v) for v in value.replace(" ", "").split(",") if v)
+    if not bounds or any(b != b or b in (float("inf"), float("-inf")) for b in bounds):
+        raise SettingsError(f"task_runtime_metric_buckets: expected numbers like 0.1,1,10, "
+                            f"got {value!r}")
+    if list(bounds) != sorted(set(bounds)):
+        raise SettingsError("task_runtime_metric_buckets: must be ascending, each once")
+    return bounds
+
+
 def redact_url(url: str) -> str:
     """The URL without its password, for logs and pages."""
     try:
@@ -303,6 +314,8 @@ class Settings:
     ca_certs: str | None = None  # TLS: CA certificates to load (Flower's --ca_certs)
     read_only: bool = False  # Flower's --read_only: every user can look but not act
     conf: str | None = None  # a flowerconfig.py whose simple assignments are read
+    # /metrics' task runtime histogram; None: Flower's default (prometheus_client's) buckets
+    task_runtime_metric_buckets: tuple[float, ...] | None = None
     # What became of Flower-only options: (level, message) lines logged at start.
     notices: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -528,6 +541,9 @@ class Settings:
                 raise SettingsError("oidc_client_secret: given twice, directly and as a file")
             values["oidc_client_secret"] = read_secret_file(
                 values["oidc_client_secret_file"], "oidc_client_secret_file")
+        if values.pop(flower_options.PERSISTENT, False):
+            values["db"], notice = flower_options.history_file(values.get("db"))
+            notices += [notice] if notice else []
         cookie = values.pop(flower_options.COOKIE, None)
         if cookie is not None:  # Flower always had one; celeriac signs OIDC sessions only
             if values.get("oidc_issuer"):
@@ -606,6 +622,7 @@ def _convert(name: str, raw: str) -> Any:
         "enable_events": lambda v: parse_bool(v, name),
         "xheaders": lambda v: parse_bool(v, name),
         "read_only": lambda v: parse_bool(v, name),
+        "task_runtime_metric_buckets": parse_buckets,
     }
     convert = kinds.get(name)
     if convert is None:

@@ -7,10 +7,19 @@ with their final state.
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
 import time
+from pathlib import Path
 from typing import Any
 
-from tests.fixtures import BrokerInfo, MonitorFactory, WorkerFactory
+import pytest
+import redis
+from celery import Celery
+
+from celeriac.enable_events import EventsSwitch
+from tests.fixtures import BrokerInfo, MonitorFactory, RedisServer, WorkerFactory
 from tests.fixtures.monitors import MonitorProcess
 from tests.fixtures.processes import wait_for
 
@@ -53,3 +62,77 @@ def test_worker_without_events(
     task = on.client.get(f"/api/task/info/{seen.id}").json()
     assert task["worker"] == worker.hostname
     assert task["result"] == "5"
+
+
+# The switch itself, on a real Redis ----------------------------------------------------------
+
+
+def pidbox_messages(url: str) -> Any:
+    """A subscription to the broadcasts of the control mailbox (a fanout over PUBLISH)."""
+    client = redis.Redis.from_url(url)
+    sub = client.pubsub()
+    sub.psubscribe("*")
+    confirmed = sub.get_message(timeout=5)  # subscribed before anything is sent
+    assert confirmed is not None and confirmed["type"] == "psubscribe"
+    return sub
+
+
+def broadcasts(sub: Any, wait: float = 2.0) -> list[str]:
+    """The methods of the control messages published while waiting."""
+    got = []
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        message = sub.get_message(timeout=0.1)
+        if (message is not None and message["type"] == "pmessage"
+                and message["channel"].endswith(b"celery.pidbox")):
+            envelope = json.loads(message["data"])
+            body = json.loads(base64.b64decode(envelope["body"]))
+            got.append(body["method"])
+        elif got:
+            break
+    return got
+
+
+def test_only_while_wanted_as_a_follower_does_not(redis_url: str) -> None:
+    """A follower (``wanted`` false) sends nothing; once it leads, it broadcasts."""
+    app = Celery("t", broker=redis_url, set_as_current=False)
+    sub = pidbox_messages(redis_url)
+    leading = False
+    switch = EventsSwitch(app, wanted=lambda: leading, interval=0.05)
+    switch.start()
+    try:
+        time.sleep(0.3)
+        assert switch.sent == 0 and broadcasts(sub, 0.2) == []
+        leading = True
+        wait_for(lambda: switch.sent >= 2, 5, 0.02, "two broadcasts")
+        assert "enable_events" in broadcasts(sub)
+    finally:
+        switch.close()
+        sub.close()
+
+
+def test_an_unreachable_broker_is_retried_and_reached(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisServer(tmp_path)  # its port chosen, not started yet
+    app = Celery("t", broker=server.url, set_as_current=False)
+    switch = EventsSwitch(app, interval=60, label="later")
+    caplog.set_level(logging.INFO, "celeriac")
+    try:
+        assert not switch.send()
+        assert not switch.send()
+        complaints = [r.getMessage() for r in caplog.records
+                      if "cannot broadcast enable_events" in r.getMessage()]
+        assert len(complaints) == 1, complaints  # once while it lasts
+        assert "(cluster later)" in complaints[0]
+        server.start()
+        sub = pidbox_messages(server.url)
+        # The next broadcasts get through (the first after an outage may be lost in the
+        # app's producer pool: a later one arrives, as the thread sends every few seconds).
+        wait_for(lambda: switch.send() and "enable_events" in broadcasts(sub, 0.5), 10, 0.1,
+                 "a broadcast once the broker is up")
+        assert "broker reached again" in caplog.text
+        sub.close()
+    finally:
+        switch.close()
+        server.stop()

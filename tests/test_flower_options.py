@@ -89,8 +89,7 @@ def test_conf_reads_plain_assignments_only(tmp_path: Path) -> None:
 @pytest.mark.parametrize("option", ["--max_workers=100", "--broker_api=http://x/api/",
                                     "--auto_refresh=False", "--natural_time",
                                     "--tasks_columns=name",
-                                    "--state_save_interval=1000",
-                                    "--task_runtime_metric_buckets=1,2,5"])
+                                    "--state_save_interval=1000"])
 def test_options_without_meaning_warn_and_say_why(option: str) -> None:
     s = build(option)
     name = option.split("=")[0]
@@ -205,3 +204,39 @@ def test_flower_command_line_serves_the_api(flower_style: Any) -> None:
     assert "--max_workers is ignored" in log
     assert "Traceback" not in log
 
+
+
+def test_runtime_buckets_reach_the_metrics() -> None:
+    from celeriac.server import create_app
+
+    s = build("--task_runtime_metric_buckets=0.5,1,5")
+    assert s.task_runtime_metric_buckets == (0.5, 1.0, 5.0)
+    assert Settings.build({}, environ={"FLOWER_TASK_RUNTIME_METRIC_BUCKETS": "2,4"}
+                          ).task_runtime_metric_buckets == (2.0, 4.0)
+    for bad in ("5,1", "1,x", ","):
+        with pytest.raises(SettingsError, match="task_runtime_metric_buckets"):
+            build(f"--task_runtime_metric_buckets={bad}")
+    app = create_app(s.replace(broker="redis://127.0.0.1:1/0", unauthenticated_api=True,
+                               db=":memory:"))
+    now = 1_700_000_000.0
+    app.state.cluster.state.apply([
+        {"type": "task-received", "uuid": "u1", "name": "t.a", "hostname": "w@h",
+         "timestamp": now, "clock": 1},
+        {"type": "task-succeeded", "uuid": "u1", "hostname": "w@h", "runtime": 0.7,
+         "timestamp": now + 1, "clock": 2},
+    ])
+    body = app.state.metrics.render(None)[0].decode()
+    bucket = 'flower_task_runtime_seconds_bucket{le="%s",task="t.a",worker="w@h"}'
+    assert f"{bucket % '0.5'} 0.0" in body
+    assert f"{bucket % '1.0'} 1.0" in body
+    assert bucket % "0.005" not in body  # Flower's default buckets replaced
+
+
+def test_flowers_own_state_file_is_left_alone(tmp_path: Path) -> None:
+    shelf = tmp_path / "flower.db"
+    shelf.write_bytes(b"GDBM\x00" + bytes(200))  # what Flower's shelve may have written
+    s = build("--persistent=True", f"--db={shelf}")
+    assert s.db == f"{shelf}.celeriac.sqlite3"
+    assert "is Flower's state file" in messages(s, "warning")
+    assert build(f"--db={shelf}").db == str(shelf)  # without --persistent: as given
+    assert build("--persistent", f"--db={tmp_path / 'new.db'}").db == str(tmp_path / "new.db")
