@@ -84,29 +84,8 @@ def _v2(conn: sqlite3.Connection) -> None:
         conn.execute(sql)
 
 
-#: States whose text is in the full-text index (from v3); a copy of constants.FINAL_STATES
-#: as it was when v3 was written, so that this migration never changes.
-_V3_FINAL = ("FAILURE", "REJECTED", "REVOKED", "SUCCESS")
-
-
-def _v3(conn: sqlite3.Connection) -> None:
-    """The full-text index holds the text of finished tasks only: a task's text is indexed
-    once, when it reaches its final state, not again at each of its events (re-indexing cost
-    the writer ~30 µs per task that spanned two flushes, measured). Searches check the few
-    unfinished tasks directly. The index is rebuilt so: emptied, then filled from the finished
-    tasks (about 4 µs per task, once), whatever an older writer had put in it."""
-    cols = ", ".join(FTS_COLUMNS)
-    has_text = " OR ".join(f"{c} IS NOT NULL" for c in FTS_COLUMNS)
-    final = ", ".join(f"'{s}'" for s in _V3_FINAL)
-    conn.execute("INSERT INTO tasks_fts (tasks_fts) VALUES ('delete-all')")
-    conn.execute(
-        f"INSERT INTO tasks_fts (rowid, {cols}) SELECT id, {cols} FROM tasks "
-        f"WHERE state IN ({final}) AND ({has_text})"
-    )
-
-
 #: Every migration, oldest first; the schema version is the length of this tuple.
-MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3)
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
 
 
 class MigrationError(Exception):

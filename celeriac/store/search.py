@@ -302,7 +302,7 @@ def compile_search(query: str | Node | None) -> Callable[[TaskRecord], bool]:
 
 # --- SQL -----------------------------------------------------------------------------------
 
-_FTS_IN = "({p}id IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ?){u})"
+_FTS_IN = "{p}id IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ?)"
 
 
 @dataclass(frozen=True)
@@ -318,9 +318,7 @@ class SearchSql:
     sql: str | None = None
     params: tuple[object, ...] = ()
 
-    def where(self, prefix: str = "t.", unindexed: str = "") -> tuple[str, tuple[object, ...]]:
-        """The condition and its parameters. ``unindexed`` (`` OR <condition>``) is added to
-        every test of the text index: the rows the index does not hold that may match."""
+    def where(self, prefix: str = "t.") -> tuple[str, tuple[object, ...]]:
         parts: list[str] = []
         params: list[object] = []
         if self.fts is not None:
@@ -329,8 +327,7 @@ class SearchSql:
         if self.sql is not None:
             parts.append(f"({self.sql})")
             params.extend(self.params)
-        sql = " AND ".join(parts) or "1"
-        return sql.replace("{u}", unindexed).replace("{p}", prefix), tuple(params)
+        return (" AND ".join(parts) or "1").replace("{p}", prefix), tuple(params)
 
 
 def _phrase(text: str) -> str:
@@ -349,7 +346,7 @@ def _in_list(column: str, values: list[str]) -> SearchSql:
 def _any_of(parts: list[SearchSql]) -> SearchSql:
     if all(p.sql is None for p in parts):
         return SearchSql(fts=" OR ".join(f"({p.fts})" for p in parts))
-    preds = [p.where("{p}", "{u}") for p in parts]
+    preds = [p.where("{p}") for p in parts]
     # When every branch has text, their union still narrows through the index; the exact
     # condition is then checked on those rows only.
     union = None if any(p.fts is None for p in parts) else " OR ".join(f"({p.fts})" for p in parts)

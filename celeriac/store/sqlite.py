@@ -6,9 +6,8 @@ PostgreSQL store; this module is the SQLite half. The writer thread writes each 
 ``BEGIN IMMEDIATE`` transaction. Readers use their own connection per thread; WAL lets them
 read while the writer writes.
 
-The full-text index (FTS5, trigram) holds the text of finished tasks only, written once when a
-task finishes, read by SQLite from the table in one statement per batch; searches take the
-unfinished tasks as candidates and check them (see ``_unindexed``).
+The full-text index (FTS5, trigram) is filled by SQLite from the table itself, one statement
+per batch (``_FTS_INDEX``), not from parameters: 2.5 times less CPU, no Python per row.
 
 The writer runs few, large statements (many rows each) rather than ``executemany``: every
 statement step releases the GIL, and getting it back from a busy ingest thread can take a whole
@@ -65,10 +64,9 @@ _FTS = ", ".join(FTS_COLUMNS)
 _SELECT = f"SELECT {', '.join('t.' + c for c in TASK_COLUMNS)} FROM tasks AS t"
 # Statements that take many rows: ``{}`` is where the VALUES rows go (see _values).
 _INSERT = f"INSERT INTO tasks (id, {_COLS}) VALUES {{}}"
-# Index the text of the finished tasks among some rows, read from the table (see _indexed).
+# Index the text of some rows, read from the table (the rows with text: see _indexed).
 _FTS_INDEX = (
     f"INSERT INTO tasks_fts (rowid, {_FTS}) SELECT id, {_FTS} FROM tasks WHERE {{}}"
-    f" AND state IN ({', '.join(repr(s) for s in sorted(FINAL_STATES))})"
     f" AND ({' OR '.join(f'{c} IS NOT NULL' for c in FTS_COLUMNS)})"
 )
 _FTS_INDEX_RANGE = _FTS_INDEX.format("id >= ? AND id < ?")
@@ -88,7 +86,6 @@ _IDS_IN = "{p}id IN (SELECT value FROM json_each(?))"
 _COUNT_ADD = "UPDATE meta SET value = value + ? WHERE key = 'task_count'"
 _FTS_AT = tuple(TASK_COLUMNS.index(c) for c in FTS_COLUMNS)
 _NAME_AT, _WORKER_AT = TASK_COLUMNS.index("name"), TASK_COLUMNS.index("worker")
-_STATE_AT = TASK_COLUMNS.index("state")
 _fts_of = itemgetter(*_FTS_AT)
 _POSITIONS = tuple(range(len(TASK_COLUMNS)))
 #: Columns whose values are tallied by the writer: exact counts for filters, without a scan.
@@ -121,24 +118,9 @@ def _texts(rows: list[Row], at: int) -> Iterator[str]:
 
 
 def _indexed(row: Row) -> Row | None:
-    """The row's full-text columns when the index holds them: the task is finished and has
-    text. An unfinished task's text is not indexed (searches check those tasks directly), so
-    that a task's text is indexed once, not again at each of its events."""
-    if row[_STATE_AT] not in FINAL_STATES:
-        return None
+    """The row's full-text columns, or None when it has no text to index."""
     text: Row = _fts_of(row)
     return None if text.count(None) == len(text) else text
-
-
-def _literal(value: Any) -> str:
-    """A stored value (text or number) as an SQL literal."""
-    if type(value) is str:
-        return "'" + value.replace("'", "''") + "'"
-    if type(value) is float and not math.isfinite(value):
-        return "-1e999" if value < 0 else "1e999"  # SQLite stores NaN as NULL
-    if type(value) in (int, float):
-        return repr(value)
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _live_row(record: TaskRecord) -> Live:
@@ -590,19 +572,8 @@ class SqliteStore(BatchingStore):
         """The written tasks matching ``q``, without those in ``exclude`` (a JSON list)."""
         conds, counts = self._conditions(q)
         search = None if node is None else search_sql(node, self._names, self._workers)
-        # The text index holds finished tasks only: wherever it is asked, the unfinished
-        # tasks are candidates too, and a candidate the index did not vouch for is checked.
-        unfinished = None if search is None else self._unindexed()
-        check = None if search is None else compile_search(node)  # while reading
-        if check is not None and unfinished is not None:
-            exact = check
-            vouched = lambda r: r["state"] in FINAL_STATES or exact(r)  # noqa: E731
-        else:
-            vouched = None
         if search is not None and search.fts is None:  # no text: a filter like the others
-            cond = search.where("{p}", "" if unfinished is None else f" OR ({unfinished})")
-            conds.append(cond)
-            check = vouched if "tasks_fts" in cond[0] else None
+            conds.append(search.where("{p}"))
             search = None
         conn = self._reader()
         conn.execute("BEGIN")  # one snapshot for every statement below
@@ -616,20 +587,16 @@ class SqliteStore(BatchingStore):
                     self._render([c], "t." if i == plan else "+t.")[0] for i, c in enumerate(conds)
                 ]
             ordered = plan in ("index", "order") or (isinstance(plan, int) and q.sort_by is None)
+            text = node if search is not None else None  # checked in Python while reading
             if search is not None and (plan == "search" or ids is not None):
                 # The text index's matches as a list (or query): exact when the search is
                 # text only, candidates for the Python check otherwise.
-                member: Cond = (
-                    (_IDS_IN, (ids,)) if ids is not None else (_FTS_IN, (search.fts,))
-                )
-                if unfinished is not None:
-                    member = (f"({member[0]} OR {unfinished})", member[1])
+                member = (_IDS_IN, (ids,)) if ids is not None else (_FTS_IN, (search.fts,))
                 where += self._render([member], "t." if plan == "search" else "+t.")
-                if search.sql is None:
-                    check = vouched
+                text = node if search.sql is not None else None
             if exclude is not None:  # checked on the rows read, never driving the query
                 where.append(("+t.uuid NOT IN (SELECT value FROM json_each(?))", (exclude,)))
-            return self._page(conn, q, where, "t." if ordered else "+t.", check)
+            return self._page(conn, q, where, "t." if ordered else "+t.", text)
         finally:
             conn.execute("COMMIT")
 
@@ -666,8 +633,6 @@ class SqliteStore(BatchingStore):
         else:
             rows = n
         hits, ids = self._estimate_hits(conn, search.fts) if search is not None else (n, None)
-        if search is not None:  # unfinished tasks are not in the text index: all candidates
-            hits = min(hits + sum(self._unfinished_counts().values()), n)
         exact = ids is not None
         matches = max(rows * hits / n, 1)  # as if independent: pessimistic for walking
         walk = _COST["walk"] + (_COST["text"] if search is not None and not exact else 0.0)
@@ -701,25 +666,6 @@ class SqliteStore(BatchingStore):
         top, bottom = conn.execute(span).fetchone()
         return int(found * (top - bottom + 1) / (top - lowest + 1)), None
 
-    def _unfinished_counts(self) -> dict[Any, int]:
-        """Written tasks per unfinished state (the tasks the text index does not hold)."""
-        tally = dict(self._tally["state"])  # copied at once: the writer updates it
-        return {v: n for v, n in tally.items() if n > 0 and v not in FINAL_STATES}
-
-    def _unindexed(self) -> str | None:
-        """A condition on ``{p}state`` that holds for every written task whose text the index
-        does not hold (the unfinished ones), read off the state index; None if there are none.
-        The states are written as literals: the condition goes inside searches' SQL, wherever
-        they ask the text index, without parameters to place."""
-        states = self._unfinished_counts()
-        if not states:
-            return None
-        values = [_literal(v) for v in states if v is not None]
-        terms = [f"{{p}}state IN ({', '.join(values)})"] if values else []
-        if None in states:
-            terms.append("{p}state IS NULL")
-        return " OR ".join(terms)
-
     def _conditions(self, q: TaskQuery) -> tuple[list[Cond], list[int]]:
         """The filters of ``q``, with ``{p}`` before each column, and for the leading ones (on
         tallied columns) how many tasks each matches."""
@@ -749,10 +695,10 @@ class SqliteStore(BatchingStore):
     @staticmethod
     def _page(
         conn: sqlite3.Connection, q: TaskQuery, where: list[Cond], prefix: str,
-        check: Callable[[TaskRecord], bool] | None = None,
+        text: Node | None = None,
     ) -> list[TaskRecord]:  # fmt: skip
         """One page in the order :meth:`query` documents. ``prefix`` "+t." keeps SQLite from
-        walking a sort index (a filter drives instead); ``check``, when given, is a search to
+        walking a sort index (a filter drives instead); ``text``, when given, is a search to
         apply in Python while walking."""
         direction = "DESC" if q.descending or q.sort_by is None else "ASC"
         key = q.sort_by or "timestamp"
@@ -762,14 +708,14 @@ class SqliteStore(BatchingStore):
         else:  # ties by task id, as Flower
             order = f"{prefix}{key}{collate} {direction}, {prefix}uuid {direction}"
         sql = f"{_SELECT} WHERE {_and(where)} ORDER BY {order}"
-        if check is None:
+        if text is None:
             rows = conn.execute(
                 f"{sql} LIMIT ? OFFSET ?", [*_params(where), q.limit or -1, q.offset]
             )
             return [dict(zip(TASK_COLUMNS, row, strict=True)) for row in rows]
         rows = conn.execute(sql, _params(where))
         records = (dict(zip(TASK_COLUMNS, row, strict=True)) for row in rows)
-        return checked_page(records, check, q.offset, q.limit)
+        return checked_page(records, compile_search(text), q.offset, q.limit)
 
     def _tasks_known(self) -> int:
         return self._count

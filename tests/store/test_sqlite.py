@@ -161,15 +161,8 @@ def test_query_matches_memory_store(loaded):
         assert store.get(r["uuid"]) == memory.get(r["uuid"])
 
 
-def test_the_planner_uses_every_plan(tmp_path):
-    # Mostly finished tasks, as a history is: the text index holds finished tasks only, and
-    # the unfinished ones are candidates of every search.
-    rng = random.Random(1)
-    store = SqliteStore(str(tmp_path / "tasks.db"))
-    for i in range(600):
-        state = "STARTED" if i % 50 == 0 else rng.choice(["SUCCESS", "FAILURE"])
-        store.put(make(i, rng, state=state))
-    assert store.flush()
+def test_the_planner_uses_every_plan(loaded):
+    store, _ = loaded
     plans = set()
     for q in [
         TaskQuery(limit=10),
@@ -180,7 +173,6 @@ def test_the_planner_uses_every_plan(tmp_path):
     ]:
         store.query(q)
         plans.add(store.last_plan)
-    store.close()
     assert plans == {"index", "0", "search", "order"}
 
 
@@ -194,20 +186,17 @@ def indexed_ids(db: str) -> set[int]:
         conn.close()
 
 
-def finished_ids(db: str) -> set[int]:
-    """Rowids of the finished tasks with text: those the index must hold, and only those."""
+def text_ids(db: str) -> set[int]:
+    """Rowids of the tasks with text: those the index must hold, and only those."""
     conn = sqlite3.connect(db)
     try:
-        sql = (
-            "SELECT id FROM tasks WHERE state IN ('SUCCESS', 'FAILURE', 'REVOKED', 'REJECTED')"
-            " AND coalesce(args, kwargs, result, exception, traceback) IS NOT NULL"
-        )
-        return {r[0] for r in conn.execute(sql)}
+        sql = "SELECT id FROM tasks WHERE coalesce(args, kwargs, result, exception, traceback)"
+        return {r[0] for r in conn.execute(sql + " IS NOT NULL")}
     finally:
         conn.close()
 
 
-def test_text_is_indexed_once_a_task_finishes_and_found_at_every_step(db):
+def test_the_index_follows_a_tasks_text_through_its_flushes(db):
     store = SqliteStore(db)
     record = make(1, state="RECEIVED", args="('lemon', 1)", result=None, exception=None)
     steps = [
@@ -220,7 +209,6 @@ def test_text_is_indexed_once_a_task_finishes_and_found_at_every_step(db):
         record.update(step)
         store.put(dict(record))
         assert store.flush()
-        finished = record["state"] == "SUCCESS"
         for text, found in [
             ("lemon", True),  # args, in every state
             ("papaya", record["result"] == "'papaya'"),
@@ -231,11 +219,11 @@ def test_text_is_indexed_once_a_task_finishes_and_found_at_every_step(db):
         ]:
             got = [r["uuid"] for r in store.query(TaskQuery(search=text))]
             assert got == (["task-00001"] if found else []), (step, text)
-        assert indexed_ids(db) == finished_ids(db) == ({1} if finished else set())
+        assert indexed_ids(db) == text_ids(db) == {1}
     store.close()
 
 
-def test_the_index_holds_finished_tasks_only_through_flushes_and_pruning(db):
+def test_the_index_holds_the_tasks_with_text_through_flushes_and_pruning(db):
     rng = random.Random(7)
     store = SqliteStore(db, max_tasks=150, flush_interval=0.01)
     store.start()
@@ -249,13 +237,18 @@ def test_the_index_holds_finished_tasks_only_through_flushes_and_pruning(db):
             r["result"] = rng.choice([None, repr(rng.random())])
             store.put(dict(r))
         assert store.flush()
-        assert indexed_ids(db) == finished_ids(db)
+        assert indexed_ids(db) == text_ids(db)
+        for r in records[:40]:  # the index has each task's current text, not an older one
+            kept = store.get(r["uuid"]) is not None  # (retention may have pruned it)
+            if kept and r["result"] is not None and len(r["result"]) > 12:  # a random float
+                found = store.query(TaskQuery(search=f"result:{r['result'][2:12]}"))
+                assert [t["uuid"] for t in found] == [r["uuid"]]
     for r in records:  # every task finishes: retention keeps the newest 150
         r["state"] = "SUCCESS"
         store.put(dict(r))
     assert store.flush() and store.flush()
     assert store.count() == 150
-    assert indexed_ids(db) == finished_ids(db)
+    assert indexed_ids(db) == text_ids(db)
     # A task pruned, then heard of again, is stored again (not an update of a deleted row).
     gone = records[0]
     assert store.get(gone["uuid"]) is None
@@ -270,40 +263,6 @@ def test_the_index_holds_finished_tasks_only_through_flushes_and_pruning(db):
         assert [r["uuid"] for r in store.query(TaskQuery(search="back again"))] == [gone["uuid"]]
     finally:
         store.close()
-
-
-def test_v2_databases_lose_the_text_of_unfinished_tasks_from_the_index(db):
-    # v2 indexed every task with text; v3 indexes finished tasks only.
-    records = [make(i) for i in range(60)]
-    old = SqliteStore(db, migrations=MIGRATIONS[:2])
-    for r in records:
-        old.put(dict(r))
-    old.close()
-    conn = sqlite3.connect(db, isolation_level=None)
-    cols = "args, kwargs, result, exception, traceback"
-    conn.execute(  # what v2's writer had indexed besides: the unfinished tasks' text
-        f"INSERT INTO tasks_fts (rowid, {cols}) SELECT id, {cols} FROM tasks"
-        " WHERE state NOT IN ('SUCCESS', 'FAILURE', 'REVOKED', 'REJECTED')"
-    )
-    conn.close()
-    assert indexed_ids(db) > finished_ids(db)
-    store = SqliteStore(db)
-    try:
-        assert indexed_ids(db) == finished_ids(db)
-        for q in ["bad 11", "user3", 'args:"(9,"', "user1 name:echo", "bad OR user2"]:
-            query = TaskQuery(search=q)
-            assert store.query(query) == reference(records, query), q
-        unfinished = next(r for r in records if r["state"] not in ("SUCCESS", "FAILURE"))
-        unfinished.update(state="FAILURE", exception="KeyError('kiwi')")
-        store.put(dict(unfinished))
-        assert store.flush()
-        assert [r["uuid"] for r in store.query(TaskQuery(search="kiwi"))] == [unfinished["uuid"]]
-        assert indexed_ids(db) == finished_ids(db)
-    finally:
-        store.close()
-    conn = sqlite3.connect(db)
-    assert schema_version(conn) == len(MIGRATIONS)
-    conn.close()
 
 
 def _v_next(conn: sqlite3.Connection) -> None:

@@ -115,7 +115,7 @@ def test_values_come_back_exactly(store):
 
 def test_search_follows_a_task_through_its_flushes(store):
     # Each event of the task in its own flush: searches find it by what it has at each step
-    # (SQLite indexes the text once the task is finished, and checks unfinished ones directly).
+    # (SQLite's writer re-indexes a row's text from the table when it changes).
     record = make(1, state="RECEIVED", args="('lemon', 1)", result=None, exception=None)
     for step, expected in [
         ({}, {"lemon": True, "papaya": False}),
