@@ -240,3 +240,33 @@ def test_flowers_own_state_file_is_left_alone(tmp_path: Path) -> None:
     assert "is Flower's state file" in messages(s, "warning")
     assert build(f"--db={shelf}").db == str(shelf)  # without --persistent: as given
     assert build("--persistent", f"--db={tmp_path / 'new.db'}").db == str(tmp_path / "new.db")
+
+
+@pytest.mark.parametrize("xheaders", ["--xheaders", "--xheaders=False"])
+def test_unix_socket_and_xheaders(
+    redis_broker: BrokerInfo, tmp_path: Path, xheaders: str
+) -> None:
+    """Served on a Unix socket; with --xheaders the proxy's X-Forwarded-Proto makes the
+    redirects https, without it they stay as the request came (a socket is no trusted proxy)."""
+    sock = tmp_path / "celeriac.sock"
+    argv = [sys.executable, "-m", "celeriac", f"--broker={redis_broker.url}", "--db=memory",
+            "--basic_auth=u:p", f"--unix_socket={sock}", "--url_prefix=flower", xheaders]
+    env = {**clean_environ(), "PYTHONUNBUFFERED": "1"}
+    proc = ManagedProcess(argv, tmp_path / "celeriac.log", env=env, cwd=tmp_path,
+                          name="celeriac (unix socket)")
+    client = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)),
+                          base_url="http://celeriac", timeout=10)
+    try:
+        def healthy() -> bool:
+            if not proc.alive():
+                pytest.fail(proc.describe_death())
+            return client.get("/flower/healthcheck").status_code == 200
+
+        wait_for(healthy, 30, 0.05, "celeriac on its socket", ignore=(httpx.TransportError,))
+        assert client.get("/flower/api/workers", auth=("u", "p")).status_code == 200
+        r = client.get("/flower", headers={"X-Forwarded-Proto": "https"}, auth=("u", "p"))
+        scheme = "https" if xheaders == "--xheaders" else "http"
+        assert r.status_code == 307 and r.headers["location"] == f"{scheme}://celeriac/flower/"
+    finally:
+        client.close()
+        stop_all([proc], wait=True)
