@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -136,3 +137,31 @@ def test_an_unreachable_broker_is_retried_and_reached(
     finally:
         switch.close()
         server.stop()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_every_watched_cluster_has_its_own(enabled: bool) -> None:
+    from celeriac.clusters import Clusters
+    from celeriac.settings import Settings
+
+    flags: dict[str, Any] = {"broker": "redis://127.0.0.1:1/0", "db": "memory",
+                             "clusters": ["other=amqp://guest@127.0.0.1:1//"]}
+    if not enabled:
+        flags["no_enable_events"] = True
+    clusters = Clusters.build(Settings.build(flags, environ={}))
+    try:
+        switches = [m.cluster.events_switch for m in clusters]
+        if not enabled:
+            assert switches == [None, None]
+            return
+        assert [s.label for s in switches if s is not None] == ["default", "other"]
+        assert [s.app for s in switches if s is not None] == [m.cluster.app for m in clusters]
+        assert all(s is not None and s.wanted() for s in switches)  # no shared store: ingests
+        # On a shared store, a follower leaves the broadcast to the leader.
+        first = clusters.default.cluster
+        for role, wanted in (("follower", False), ("leader", True)):
+            first.leadership = SimpleNamespace(role=role)  # type: ignore[assignment]
+            assert switches[0] is not None and switches[0].wanted() is wanted
+        first.leadership = None
+    finally:
+        clusters.close()
