@@ -60,6 +60,12 @@ FLOWER_ONLY: dict[str, tuple[bool, str]] = {
     "read_only": (True, "Flower's: every user can look but not act."),
     "cookie_secret": (False, "Flower's: signs OpenID Connect sessions (--cookie-secret); "
                              "without a sign-in, ignored."),
+    # Tornado's logging options, which Flower's command line has too.
+    "logging": (False, "Tornado's log level (debug, info, warning, error): --log-level."),
+    "log_to_stderr": (True, "Tornado's: celeriac always logs to stderr; ignored."),
+    **{name: (False, "Tornado's log file option: celeriac logs to stderr; ignored.")
+       for name in ("log_file_prefix", "log_file_max_size", "log_file_num_backups",
+                    "log_rotate_mode", "log_rotate_when", "log_rotate_interval")},
 }
 
 #: Why an option is accepted and does nothing (a warning at start).
@@ -75,9 +81,17 @@ IGNORED = {
     "format_task": "a Python function of Flower's; celeriac shows tasks as the workers sent "
                    "them",
     "state_save_interval": "celeriac writes its task history as events arrive",
+    "log_to_stderr": "celeriac always logs to stderr",
+    **{name: "celeriac logs to stderr, for systemd's journal or docker logs to keep (or a "
+             "shell redirect)"
+       for name in ("log_file_prefix", "log_file_max_size", "log_file_num_backups",
+                    "log_rotate_mode", "log_rotate_when", "log_rotate_interval")},
 }
 
 GOOGLE_ISSUER = "https://accounts.google.com"
+#: Tornado's ``--logging`` levels -> celeriac's ``--log-level``.
+LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warning", "error": "error",
+              "none": "error"}
 #: Where :func:`apply` leaves Flower's cookie secret until the sign-in settings are all known.
 COOKIE = "_flower_cookie_secret"
 #: Set by :func:`apply` when Flower's --persistent was given (see :func:`history_file`).
@@ -187,6 +201,14 @@ def apply(
                                     "is not read"))
         elif name == "debug" and on:
             put("log_level", "debug", flag)
+        elif name == "logging":
+            level = raw.strip().lower()
+            if level not in LOG_LEVELS:
+                raise SettingsError(f"logging: expected one of {', '.join(LOG_LEVELS)}, "
+                                    f"got {raw!r}")
+            if level == "none":
+                notices.append(("warning", "--logging=none: celeriac still logs errors"))
+            put("log_level", LOG_LEVELS[level], flag)
         elif name == "oauth2_key":
             put("oidc_client_id", raw, flag)
         elif name == "oauth2_secret":

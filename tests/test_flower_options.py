@@ -270,3 +270,54 @@ def test_unix_socket_and_xheaders(
     finally:
         client.close()
         stop_all([proc], wait=True)
+
+
+def flower_option_names() -> set[str]:
+    """Every option of the installed Flower (its list only), in Flower's spelling."""
+    options = pytest.importorskip("flower.options")
+    return {name.replace("-", "_") for name in options.default_options._options} - {"help"}
+
+
+def test_every_flower_option_is_accepted_and_does_something_or_says_why(tmp_path: Path) -> None:
+    pem = tmp_path / "cert.pem"
+    pem.write_text("not checked by the settings, only by the server at start\n")
+    conf = tmp_path / "flowerconfig.py"
+    conf.write_text("max_tasks = 7\n")
+    oidc = ("--auth=.*@example\\.org", "--oauth2_key=k", "--oauth2_secret=s",
+            "--auth_provider=flower.views.auth.GoogleAuth2LoginHandler")
+    argv = {
+        "address": ["--address=127.0.0.2"], "port": ["--port=5556"],
+        "unix_socket": ["--unix_socket=/tmp/flower.sock"], "debug": ["--debug=True"],
+        "inspect_timeout": ["--inspect_timeout=2500"], "auth": list(oidc),
+        "basic_auth": ["--basic_auth=u:p"], "oauth2_key": list(oidc),
+        "oauth2_secret": list(oidc), "auth_provider": list(oidc),
+        "oauth2_redirect_uri": [*oidc, "--oauth2_redirect_uri=https://f.example.org/login"],
+        "max_workers": ["--max_workers=10"], "max_tasks": ["--max_tasks=10"],
+        "db": ["--db=flower"], "persistent": ["--persistent=True"],
+        "state_save_interval": ["--state_save_interval=60000"],
+        "broker_api": ["--broker_api=http://guest:guest@localhost:15672/api/"],
+        "ca_certs": [f"--certfile={pem}", f"--ca_certs={pem}"],
+        "certfile": [f"--certfile={pem}"], "keyfile": [f"--certfile={pem}", f"--keyfile={pem}"],
+        "xheaders": ["--xheaders=True"], "auto_refresh": ["--auto_refresh=False"],
+        "purge_offline_workers": ["--purge_offline_workers=60"],
+        "cookie_secret": ["--cookie_secret=" + "s" * 40], "conf": [f"--conf={conf}"],
+        "enable_events": ["--enable_events=False"], "format_task": ["--format_task=x"],
+        "natural_time": ["--natural_time=True"], "tasks_columns": ["--tasks_columns=name,uuid"],
+        "url_prefix": ["--url_prefix=flower"],
+        "task_runtime_metric_buckets": ["--task_runtime_metric_buckets=1,10"],
+        "read_only": ["--basic_auth=u:p", "--read_only=True"],
+        "logging": ["--logging=debug"], "log_to_stderr": ["--log_to_stderr=True"],
+        "log_file_prefix": ["--log_file_prefix=/var/log/flower.log"],
+        "log_file_max_size": ["--log_file_max_size=1000"],
+        "log_file_num_backups": ["--log_file_num_backups=3"],
+        "log_rotate_mode": ["--log_rotate_mode=time"], "log_rotate_when": ["--log_rotate_when=D"],
+        "log_rotate_interval": ["--log_rotate_interval=1"],
+    }
+    assert set(argv) == flower_option_names()  # a new Flower option needs a decision here
+    default = Settings.build({}, environ={})
+    for name, args in argv.items():
+        s = build(*args)
+        assert s != default or s.notices, f"--{name} did nothing and said nothing"
+    assert build("--logging=warning").log_level == "warning"
+    with pytest.raises(SettingsError, match="logging"):
+        build("--logging=loud")
