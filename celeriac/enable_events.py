@@ -26,6 +26,7 @@ import logging
 import threading
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 
@@ -71,8 +72,14 @@ class EventsSwitch:
         self._drop()
 
     def _run(self) -> None:
+        log.info("enable_events%s: asking the workers for task events every %g s while "
+                 "ingesting (--no-enable-events to leave them alone)", self._where, self.interval)
         while not self._stop.is_set():
-            if self.wanted():
+            try:
+                wanted = self.wanted()
+            except Exception:  # never let the thread die; ask again next round
+                wanted = False
+            if wanted:
                 self.send()
             self._stop.wait(self.interval)
 
@@ -92,13 +99,22 @@ class EventsSwitch:
                 waiting.cancel()
         except Exception as exc:  # a broker gone away: try again, on a new connection
             self._drop()
-            self._complain(f"{type(exc).__name__}: {exc}")
+            self._complain(self._scrub(f"{type(exc).__name__}: {exc}"))
             return False
         self.sent += 1
         if self._trouble is not None:
             self._trouble = None
             log.info("enable_events%s: broker reached again", self._where)
         return True
+
+    def _scrub(self, text: str) -> str:
+        """The broker's password never reaches a log line, whatever an error quotes."""
+        for url in str(self.app.conf.broker_url or "").split(";"):
+            with contextlib.suppress(ValueError):
+                password = urlsplit(url.strip()).password
+                if password:
+                    text = text.replace(password, "***")
+        return text
 
     @property
     def _where(self) -> str:

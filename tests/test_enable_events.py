@@ -165,3 +165,16 @@ def test_every_watched_cluster_has_its_own(enabled: bool) -> None:
         first.leadership = None
     finally:
         clusters.close()
+
+
+def test_a_refused_login_is_logged_without_the_password(
+    amqp_broker: BrokerInfo, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = amqp_broker.url.replace("guest:guest@", "guest:Wr0ng-pa55@")
+    assert url != amqp_broker.url
+    switch = EventsSwitch(Celery("t", broker=url, set_as_current=False), interval=60)
+    caplog.set_level(logging.INFO, "celeriac")
+    assert not switch.send()
+    assert "cannot broadcast enable_events" in caplog.text
+    assert "Wr0ng-pa55" not in caplog.text
+    switch.close()
