@@ -195,7 +195,7 @@ def apply(
         if name in IGNORED:
             notices.append(("warning", f"--{name} is ignored: {IGNORED[name]}"))
         elif name == "persistent":
-            values[PERSISTENT] = True
+            values[PERSISTENT] = on
             notices.append(("info", "--persistent: celeriac always keeps its task history "
                                     "(--db, a SQLite file by default); Flower's state file "
                                     "is not read"))

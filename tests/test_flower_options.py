@@ -239,6 +239,7 @@ def test_flowers_own_state_file_is_left_alone(tmp_path: Path) -> None:
     assert s.db == f"{shelf}.celeriac.sqlite3"
     assert "is Flower's state file" in messages(s, "warning")
     assert build(f"--db={shelf}").db == str(shelf)  # without --persistent: as given
+    assert build("--persistent=False", f"--db={shelf}").db == str(shelf)
     assert build("--persistent", f"--db={tmp_path / 'new.db'}").db == str(tmp_path / "new.db")
 
 
