@@ -5,8 +5,9 @@ Each statement is bounded by the indexes the schema has (see ``migrations.py``):
 - throughput reads only the ``tasks_state (state, timestamp)`` index: both columns it needs are
   in it, so a day of a million tasks is counted without touching the table;
 - per-type statistics and failure groups range over the same index (or ``tasks_name`` when one
-  type is asked for) and read the rows of that window only; percentiles are computed by SQLite's
-  window functions, not in Python;
+  type is asked for) and read the rows of that window only, in one pass; the per-type
+  percentiles are then picked in Python from each group's runtimes (SQLite's window functions
+  took 16 s over a million rows, this pass ~1/10 of it: bench/results/insights.md);
 - exports page with a keyset on ``(timestamp, rowid)``, the order of ``tasks_timestamp``, so the
   millionth row costs what the first did and no read transaction stays open between pages.
 """
@@ -14,11 +15,19 @@ Each statement is bounded by the indexes the schema has (see ``migrations.py``):
 from __future__ import annotations
 
 import sqlite3
+from array import array
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from celeriac.constants import FAILURE, SUCCESS
-from celeriac.store.aggregates import PERCENTILES, Bucket, FailureGroup, TypeBucket, sort_groups
+from celeriac.store.aggregates import (
+    PERCENTILES,
+    Bucket,
+    FailureGroup,
+    TypeBucket,
+    percentiles,
+    sort_groups,
+)
 from celeriac.store.base import TaskRecord
 from celeriac.store.migrations import TASK_COLUMNS
 
@@ -43,28 +52,45 @@ def throughput(conn: sqlite3.Connection, since: float, bucket: float) -> list[Bu
 def task_type_stats(
     conn: sqlite3.Connection, since: float, bucket: float, name: str | None
 ) -> list[TypeBucket]:
-    # One pass over the window's rows: counts, and the nearest-rank percentiles of the
-    # succeeded runtimes from their row numbers within (name, bucket), all in SQLite.
+    # SQLite gives the window's rows off an index (counted where they arrive); the
+    # nearest-rank percentiles are picked in Python from each group's sorted runtimes.
+    # Window functions (row_number, count OVER a partition) did it in SQL at ~10 us a row:
+    # 16 s for a million tasks. Runtimes are held as C doubles, 8 bytes each, and sorted one
+    # group at a time (see bench/results/insights.md).
     by_name = "AND name = :name COLLATE NOCASE" if name else "AND +name IS NOT NULL"
-    timed = "(state = :ok AND typeof(runtime) IN ('integer', 'real'))"
-    ranks = ", ".join(
-        f"max(CASE WHEN timed AND rn = (n * {p} + 99) / 100 THEN runtime END)"
-        for p in PERCENTILES
-    )
     sql = (
-        f"WITH f AS (SELECT name, {_BUCKET} AS b, state, runtime, {timed} AS timed FROM tasks "
-        f"WHERE state IN (:ok, :bad) AND timestamp >= :since {by_name}), "
-        "r AS (SELECT *, row_number() OVER (PARTITION BY name, b, timed ORDER BY runtime) AS rn, "
-        "count(*) OVER (PARTITION BY name, b, timed) AS n FROM f) "
-        "SELECT name, b, sum(state = :ok), sum(state = :bad), "
-        f"coalesce(max(CASE WHEN timed THEN n END), 0), {ranks} "
-        "FROM r GROUP BY name, b ORDER BY name, b"
+        f"SELECT name, {_BUCKET}, state = :ok, "
+        "CASE WHEN state = :ok AND typeof(runtime) IN ('integer', 'real') THEN runtime END "
+        f"FROM tasks WHERE state IN (:ok, :bad) AND timestamp >= :since {by_name}"
     )
     args = {"since": since, "bucket": bucket, "ok": SUCCESS, "bad": FAILURE, "name": name}
-    return [
-        TypeBucket(str(task), int(b), int(ok), int(bad), int(n), *pct)
-        for task, b, ok, bad, n, *pct in conn.execute(sql, args)
-    ]
+    counts: dict[tuple[Any, int], list[int]] = {}
+    runtimes: dict[tuple[Any, int], array[float]] = {}
+    for task, b, ok, runtime in conn.execute(sql, args):
+        key = (task, b)
+        c = counts.get(key)
+        if c is None:
+            c = counts[key] = [0, 0]
+        c[0 if ok else 1] += 1
+        if runtime is not None:
+            r = runtimes.get(key)
+            if r is None:
+                r = runtimes[key] = array("d")
+            r.append(runtime)
+    out = []
+    for key in sorted(counts, key=_sqlite_order):
+        ok, bad = counts[key]
+        r = runtimes.get(key)
+        pct = percentiles(r.tolist()) if r else (None,) * len(PERCENTILES)
+        out.append(TypeBucket(str(key[0]), int(key[1]), ok, bad, len(r or ()), *pct))
+    return out
+
+
+def _sqlite_order(key: tuple[Any, int]) -> tuple[int, Any, int]:
+    """SQLite's ORDER BY name, b: numbers, then text (by code point, as BINARY), then blobs."""
+    value = key[0]
+    kind = 0 if isinstance(value, int | float) else 1 if isinstance(value, str) else 2
+    return (kind, value, key[1])
 
 
 def failure_groups(conn: sqlite3.Connection, since: float, bucket: float) -> list[FailureGroup]:
