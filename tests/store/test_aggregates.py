@@ -168,6 +168,23 @@ def test_throughput_reads_only_the_state_index(stores: tuple[MemoryStore, Db]) -
     assert "COVERING INDEX tasks_state" in plan, plan
 
 
+def test_postgresql_throughput_can_read_only_the_state_time_index(
+    stores: tuple[MemoryStore, Db]
+) -> None:
+    # v3's plain (state, timestamp) index holds every column the chart's statement reads.
+    _, pg = stores
+    if not isinstance(pg, PostgresStore):
+        pytest.skip("PostgreSQL's plan")
+    with pg._reader() as conn, conn.transaction():
+        conn.execute("SET LOCAL enable_seqscan = off")
+        conn.execute("SET LOCAL enable_bitmapscan = off")
+        plan = " ".join(str(r[0]) for r in conn.execute(
+            "EXPLAIN SELECT trunc((timestamp - 0) / 60)::bigint AS b, "
+            "count(*) FILTER (WHERE state = 'SUCCESS') FROM tasks "
+            "WHERE state IN ('SUCCESS', 'FAILURE') AND timestamp >= 0 GROUP BY b"))
+    assert "Index Only Scan using tasks_state_time" in plan, plan
+
+
 class PlainStore:
     """A store with nothing but ``query``: read through pages."""
 

@@ -25,8 +25,8 @@ import pytest
 
 from celeriac.constants import ALL_STATES
 from celeriac.state import State
+from celeriac.store import aggregates, pg_migrations
 from celeriac.store import migrations as sqlite_migrations
-from celeriac.store import pg_migrations
 from celeriac.store.base import TaskQuery
 from celeriac.store.memory import MemoryStore
 from celeriac.store.postgres import PostgresStore
@@ -474,6 +474,14 @@ def test_every_older_schema_version_is_upgraded_with_its_tasks(backend, fresh_pl
                 assert store.query(q) == reference(records, q), (version, q)
             assert store.count() == 40 and store.task_types() == sorted(
                 {r["name"] for r in records if r["name"]})
+            # The charts read the indexes of the newest version (PostgreSQL v3: state, time).
+            assert store.throughput(T0, 6) == aggregates.throughput(records, T0, 6)
+            assert store.task_type_stats(T0, 6) == aggregates.type_buckets(records, T0, 6)
         finally:
             store.close()
         assert backend.schema_version(where) == len(migrations)
+        if backend.name == "postgres":
+            import psycopg
+
+            with psycopg.connect(where) as pg:
+                assert pg.execute("SELECT to_regclass('tasks_state_time')").fetchone()[0]
