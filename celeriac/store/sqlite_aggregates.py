@@ -7,7 +7,7 @@ Each statement is bounded by the indexes the schema has (see ``migrations.py``):
 - per-type statistics and failure groups range over the same index (or ``tasks_name`` when one
   type is asked for) and read the rows of that window only, in one pass; the per-type
   percentiles are then picked in Python from each group's runtimes (SQLite's window functions
-  took 16 s over a million rows, this pass ~1/10 of it: bench/results/insights.md);
+  sorted every row three times: 6-20 s at a million tasks, this 1.9 s; bench/results/insights.md);
 - exports page with a keyset on ``(timestamp, rowid)``, the order of ``tasks_timestamp``, so the
   millionth row costs what the first did and no read transaction stays open between pages.
 """
@@ -54,9 +54,9 @@ def task_type_stats(
 ) -> list[TypeBucket]:
     # SQLite gives the window's rows off an index (counted where they arrive); the
     # nearest-rank percentiles are picked in Python from each group's sorted runtimes.
-    # Window functions (row_number, count OVER a partition) did it in SQL at ~10 us a row:
-    # 16 s for a million tasks. Runtimes are held as C doubles, 8 bytes each, and sorted one
-    # group at a time (see bench/results/insights.md).
+    # Window functions (row_number, count OVER a partition) did it in SQL, three sorts that
+    # spill: 6-20 s for a million tasks, 3.4x this. Runtimes are held as C doubles, 8 bytes
+    # each, and sorted one group at a time (see bench/results/insights.md).
     by_name = "AND name = :name COLLATE NOCASE" if name else "AND +name IS NOT NULL"
     sql = (
         f"SELECT name, {_BUCKET}, state = :ok, "
