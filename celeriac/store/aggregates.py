@@ -18,6 +18,7 @@ store gives the same numbers:
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -90,6 +91,35 @@ def _bucket(ts: Any, since: float, bucket: float) -> int | None:
     if not isinstance(ts, int | float) or isinstance(ts, bool) or ts < since:
         return None
     return int((ts - since) / bucket)  # as SQLite's CAST(... AS INTEGER), ts >= since
+
+
+#: Buckets a store counts as ranges of its (state, timestamp) index at most (see
+#: :func:`bucket_edges`); any later ones (a clock far ahead) it groups by bucket number.
+MAX_RANGES = 2000
+
+
+def bucket_edges(since: float, bucket: float, top: float | None) -> list[float]:
+    """The first timestamp (double) of each bucket from 0 to the one after ``top``'s, capped at
+    :data:`MAX_RANGES` buckets: a task is in bucket ``i`` exactly when ``edges[i] <= timestamp
+    < edges[i + 1]``, since the bucket number never decreases as the timestamp grows. A store
+    counts each bucket as an index range this way instead of sorting a window's rows by
+    their bucket number. Floats only (``since``, ``bucket`` finite, ``bucket > 0``)."""
+    if top is None or top < since:
+        return [since]
+    count = min(int((top - since) / bucket) + 1, MAX_RANGES)
+    return [_edge(i, since, bucket) for i in range(count + 1)]
+
+
+def _edge(i: int, since: float, bucket: float) -> float:
+    def at(t: float) -> int:
+        return int((t - since) / bucket)  # the arithmetic of _bucket and of the stores' SQL
+
+    t = since + i * bucket
+    while t > since and at(math.nextafter(t, -math.inf)) >= i:
+        t = math.nextafter(t, -math.inf)
+    while at(t) < i:
+        t = math.nextafter(t, math.inf)
+    return t
 
 
 def _runtime(value: Any) -> float | None:

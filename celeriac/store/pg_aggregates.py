@@ -6,8 +6,8 @@ numbers), each one statement bounded by the indexes of ``pg_migrations.py``:
 - a state condition is spelled twice, ``lower(state) IN (...) AND state IN (...)``: the first
   walks the ``tasks_state (lower(state), timestamp, id)`` index over the window, the second
   keeps the exact (case-sensitive) states the other stores count;
-- except in the throughput chart, which needs only the states and timestamps: its exact
-  ``state IN (...)`` is answered index-only by ``tasks_state_time (state, timestamp)``;
+- except in the throughput chart, which needs only the states and timestamps: each bucket
+  is a range count on ``tasks_state_time (state, timestamp)``, index only;
 - a bucket is ``trunc((timestamp - since) / bucket)``, as Python's ``int()`` of a non-negative
   quotient; percentiles are ``percentile_disc``, which is the nearest rank (PostgreSQL takes
   row ``ceil(fraction * n)``: the same row for 50, 90 and 99 at every n, checked to 2 M);
@@ -21,6 +21,7 @@ numbers), each one statement bounded by the indexes of ``pg_migrations.py``:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -28,7 +29,14 @@ from typing import Any
 import psycopg
 
 from celeriac.constants import FAILURE, SUCCESS
-from celeriac.store.aggregates import PERCENTILES, Bucket, FailureGroup, TypeBucket, sort_groups
+from celeriac.store.aggregates import (
+    PERCENTILES,
+    Bucket,
+    FailureGroup,
+    TypeBucket,
+    bucket_edges,
+    sort_groups,
+)
 from celeriac.store.base import TaskRecord
 
 Reader = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
@@ -60,13 +68,48 @@ def _args(since: float, bucket: float, **more: Any) -> dict[str, Any]:
 
 
 def throughput(reader: Reader, since: float, bucket: float) -> list[Bucket]:
-    # Exact states only: read off ``tasks_state_time (state, timestamp)``, index only (v3).
+    # Each bucket is a range of ``tasks_state_time (state, timestamp)`` (v3), counted index
+    # only, between exact edges (see sqlite_aggregates.throughput): grouping a million rows by
+    # their bucket number sorted them all, on disk. Later buckets (a clock far ahead) are
+    # grouped as before.
+    since, bucket = float(since), float(bucket)
+    if not (math.isfinite(since) and math.isfinite(bucket) and bucket > 0):
+        return _grouped(reader, since, bucket, since)
+    top_sql = (
+        "SELECT max(timestamp) FROM tasks WHERE state = %(state)s AND timestamp >= %(since)s "
+        "AND timestamp < 'infinity'"
+    )
+    count_sql = (
+        "SELECT e.i, (SELECT count(*) FROM tasks WHERE state = %(ok)s AND timestamp >= e.lo "
+        "AND timestamp < e.hi), (SELECT count(*) FROM tasks WHERE state = %(bad)s "
+        "AND timestamp >= e.lo AND timestamp < e.hi) "
+        "FROM unnest(%(lo)s::float8[], %(hi)s::float8[]) WITH ORDINALITY AS e(lo, hi, i) "
+        "ORDER BY e.i"
+    )
+    with reader() as conn:
+        tops = [
+            (conn.execute(top_sql, {"state": state, "since": since}).fetchone() or (None,))[0]
+            for state in (SUCCESS, FAILURE)
+        ]
+    finite = [float(t) for t in tops if t is not None]
+    edges = bucket_edges(since, bucket, max(finite) if finite else None)
+    out: list[Bucket] = []
+    if len(edges) > 1:
+        args = {"ok": SUCCESS, "bad": FAILURE, "lo": edges[:-1], "hi": edges[1:]}
+        with reader() as conn:
+            for i, ok, bad in conn.execute(count_sql, args).fetchall():
+                if ok or bad:
+                    out.append(Bucket(int(i) - 1, int(ok), int(bad)))
+    return out + _grouped(reader, since, bucket, edges[-1])
+
+
+def _grouped(reader: Reader, since: float, bucket: float, start: float) -> list[Bucket]:
     sql = (
         f"SELECT {_BUCKET} AS b, count(*) FILTER (WHERE state = %(ok)s), "
         f"count(*) FILTER (WHERE state = %(bad)s) FROM tasks WHERE state IN (%(ok)s, %(bad)s) "
-        "AND timestamp >= %(since)s GROUP BY b ORDER BY b"
+        "AND timestamp >= %(start)s GROUP BY b ORDER BY b"
     )
-    rows = _rows(reader, sql, _args(since, bucket))
+    rows = _rows(reader, sql, _args(since, bucket, start=float(start)))
     return [Bucket(int(b), int(ok), int(bad)) for b, ok, bad in rows]
 
 

@@ -27,6 +27,7 @@ from celeriac.store.aggregates import (
     Bucket,
     FailureGroup,
     TypeBucket,
+    bucket_edges,
     percentiles,
     sort_groups,
 )
@@ -40,11 +41,6 @@ _ETYPE = (
     "CASE WHEN instr(exception, '(') > 0 THEN substr(exception, 1, instr(exception, '(') - 1) "
     "ELSE coalesce(exception, '') END"
 )
-
-
-#: Buckets counted as ranges of the state index at most; any later ones (a clock far ahead)
-#: are grouped by the statement as before.
-MAX_RANGES = 2000
 
 
 def throughput(conn: sqlite3.Connection, since: float, bucket: float) -> list[Bucket]:
@@ -65,10 +61,9 @@ def throughput(conn: sqlite3.Connection, since: float, bucket: float) -> list[Bu
     conn.execute("BEGIN")  # one snapshot for every statement
     try:
         tops = [conn.execute(top_sql, (state,)).fetchone()[0] for state in (SUCCESS, FAILURE)]
-        tops = [t for t in tops if isinstance(t, int | float) and t >= since]
-        ranges = min(_bucket_of(float(max(tops)), since, bucket) + 1, MAX_RANGES) if tops else 0
-        edges = [_edge(i, since, bucket) for i in range(ranges + 1)]
-        for i in range(ranges):
+        tops = [float(t) for t in tops if isinstance(t, int | float)]
+        edges = bucket_edges(since, bucket, max(tops) if tops else None)
+        for i in range(len(edges) - 1):
             args = {"ok": SUCCESS, "bad": FAILURE, "lo": edges[i], "hi": edges[i + 1]}
             ok, bad = conn.execute(count_sql, args).fetchone()
             if ok or bad:
@@ -88,20 +83,6 @@ def _grouped(conn: sqlite3.Connection, since: float, bucket: float, start: float
     )
     args = {"since": since, "bucket": bucket, "ok": SUCCESS, "bad": FAILURE, "start": start}
     return [Bucket(int(b), int(ok), int(bad)) for b, ok, bad in conn.execute(sql, args)]
-
-
-def _bucket_of(ts: float, since: float, bucket: float) -> int:
-    return int((ts - since) / bucket)  # the same double arithmetic as SQLite's _BUCKET
-
-
-def _edge(i: int, since: float, bucket: float) -> float:
-    """The smallest double whose bucket is ``i`` or later."""
-    t = since + i * bucket
-    while t > since and _bucket_of(math.nextafter(t, -math.inf), since, bucket) >= i:
-        t = math.nextafter(t, -math.inf)
-    while _bucket_of(t, since, bucket) < i:
-        t = math.nextafter(t, math.inf)
-    return t
 
 
 def task_type_stats(

@@ -213,22 +213,27 @@ def test_a_store_without_aggregates_is_read_in_pages(
     assert got == [r["uuid"] for r in db.query(TaskQuery(state="FAILURE"))]
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 @pytest.mark.parametrize(("since", "bucket"), [(NOW - 900, 30), (NOW - 0.3, 0.1), (7.0, 3)])
-def test_sqlite_throughput_counts_each_bucket_to_the_last_double(
-    tmp_path: Any, since: float, bucket: float
+def test_throughput_counts_each_bucket_to_the_last_double(
+    tmp_path: Any, since: float, bucket: float, kind: str, request: pytest.FixtureRequest
 ) -> None:
     # Tasks on, just before and just after every bucket edge, int timestamps, and a clock far
     # ahead (past the buckets counted as index ranges): the same numbers as in memory.
     import math
 
-    from celeriac.store.sqlite_aggregates import MAX_RANGES
+    from celeriac.store.aggregates import MAX_RANGES
 
     stamps: list[float] = [since + 2.5 * bucket, since + 1e9 * bucket, since + MAX_RANGES * bucket]
     for i in range(12):
         edge = since + i * bucket
         stamps += [edge, math.nextafter(edge, -math.inf), math.nextafter(edge, math.inf)]
         stamps += [float(int(edge)), int(edge) + 1]
-    store = SqliteStore(str(tmp_path / "edges.db"))
+    store: Db
+    if kind == "sqlite":
+        store = SqliteStore(str(tmp_path / "edges.db"))
+    else:
+        store = PostgresStore(request.getfixturevalue("postgres_server").new_url("edges"))
     tasks = [{"uuid": f"e{n}", "name": "a.add", "state": ("SUCCESS", "FAILURE")[n % 2],
               "timestamp": ts} for n, ts in enumerate(stamps)]  # fmt: skip
     try:
