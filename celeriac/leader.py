@@ -247,17 +247,10 @@ class Leadership:
             log.warning("leader election for %s: %s", self.identity, message)
 
     def _step(self) -> None:
-        import psycopg
+        from celeriac.store.pg_notify import long_lived_connection
 
         if self._conn is None:
-            self._conn = psycopg.connect(
-                self._url,
-                autocommit=True,
-                connect_timeout=5,
-                # Notice a dead server or network within seconds, not hours.
-                keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2,
-                application_name="celeriac-leader",
-            )  # fmt: skip
+            self._conn = long_lived_connection(self._url, "celeriac-leader")
         if self.leading:
             self._conn.execute("SELECT 1")  # still connected, so still holding the lock
             return

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-__all__ = ["ChangeListener", "channel_for", "payload"]
+__all__ = ["ChangeListener", "channel_for", "long_lived_connection", "payload"]
 
 log = logging.getLogger("celeriac.store.postgres")
 
@@ -32,6 +32,18 @@ _MAX_CHANNEL = 63
 BACKOFF_MAX_S = 5.0
 #: How often a listening loop with nothing to hear looks at close().
 _WAIT_S = 0.5
+
+
+def long_lived_connection(url: str, name: str) -> psycopg.Connection[Any]:
+    """A connection kept open for hours (the listener's, the leader's lock): TCP keepalives make
+    a dead server or network show within seconds instead of when the kernel gives up."""
+    return psycopg.connect(
+        url,
+        autocommit=True,
+        connect_timeout=5,
+        keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2,
+        application_name=name,
+    )  # fmt: skip
 
 
 def channel_for(schema: str) -> str:
@@ -98,14 +110,7 @@ class ChangeListener:
         connected_before = False
         while not self._stop.is_set():
             try:
-                conn = self._conn = psycopg.connect(
-                    self._url,
-                    autocommit=True,
-                    connect_timeout=5,
-                    # A dead server or network is noticed within seconds.
-                    keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2,
-                    application_name="celeriac-listen",
-                )  # fmt: skip
+                conn = self._conn = long_lived_connection(self._url, "celeriac-listen")
                 conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                 self.listening = True
                 backoff = 0.0
