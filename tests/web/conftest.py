@@ -94,8 +94,11 @@ def ui(
     return ui
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Per module, not per session: Playwright's sync API marks an asyncio loop as running on
+    # the main thread for as long as it is open, and a later test of another directory that
+    # calls asyncio.run() (tests/alerts, run after tests/web) would fail.
     if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium): no browser tests")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
