@@ -35,6 +35,7 @@ from celeriac.demo import (
     claim,
     demo_dir,
 )
+from celeriac.store.base import StoreError
 
 log = logging.getLogger("celeriac.demo")
 
@@ -65,7 +66,7 @@ def run_demo(port: int = 5555, workers: int = 2, rate: float = 2.0,
             _run(directory, lock, port, workers, rate)
     except Stopped:
         pass
-    except DirectoryError as exc:
+    except (DirectoryError, StoreError) as exc:  # e.g. an unusable data directory: one line
         _fail(str(exc), code=1)
 
 

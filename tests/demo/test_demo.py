@@ -202,3 +202,21 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
         f"celeriac demo: port {port} on 127.0.0.1 is already in use; pick another with --port"
     ]
     assert not (tmp_path / "demo").exists()
+
+
+def test_an_unusable_history_is_one_line(tmp_path: Path) -> None:
+    # The demo keeps its history in the user's data directory like any celeriac: when that
+    # cannot be used it says so in one line and starts nothing, as `celeriac --broker` does.
+    not_a_dir = tmp_path / "data"
+    not_a_dir.write_text("")
+    env = {**os.environ, "CELERIAC_DEMO_DIR": str(tmp_path / "demo"),
+           "XDG_DATA_HOME": str(not_a_dir)}
+    done = subprocess.run(
+        [sys.executable, "-m", "celeriac", "demo", "--port", str(free_port())],
+        env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert lines[0].startswith("celeriac demo: task database ") and "Not a directory" in lines[0]
+    assert not list((tmp_path / "demo").glob("logs/*.log"))  # no worker was started
