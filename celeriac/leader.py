@@ -86,13 +86,16 @@ def leadership_for(cluster: Cluster) -> Leadership | None:
     if schema:  # one of several clusters (--cluster): the lock is its store's, not the broker's
         identity = f"{identity} [{schema}]"
 
-    started = False
+    started = False  # led before: a later term follows a gap in this instance's ingest
+    followed = False  # another instance held the lock in a round of this one's
     marker: int | None = None  # the store's change marker, as a follower last saw it
     changed_at: float | None = None  # when it last moved
 
     def elected() -> None:
         nonlocal started
-        if marker is not None:  # this instance followed another: a take-over, with a gap
+        # A take-over, with a gap: this instance followed another, or led before. Not the
+        # first instance's first term: its listener reads the marker before any election.
+        if started or followed:
             if changed_at is not None:  # the gap, as this follower saw it
                 gap = f"the previous leader last wrote {time.time() - changed_at:.1f} s ago"
             else:
@@ -148,7 +151,8 @@ def leadership_for(cluster: Cluster) -> Leadership | None:
     def follow() -> None:
         """Every election round: poll the store, unless its changes are heard as they are
         committed (then only every ``follower_poll`` seconds, CELERIAC_FOLLOWER_POLL)."""
-        nonlocal polled
+        nonlocal polled, followed
+        followed = True
         now = time.monotonic()
         if store.listening and now - polled < poll_every:
             return
