@@ -133,8 +133,11 @@ def store_writer(evs: list[dict[str, Any]], k: int) -> list[tuple[str, float, li
     ]
     for flushes in runs:
         with tempfile.TemporaryDirectory() as tmp:
-            store = sqlite_store.SqliteStore(os.path.join(tmp, "t.sqlite3"), max_tasks=10**7)
-            store._conn = TimedConnection(store._conn, timed)  # type: ignore[assignment]
+            store = sqlite_store.SqliteStore(
+                os.path.join(tmp, "t.sqlite3"), max_tasks=10**7, writer_process=False
+            )  # on this thread, to time its statements
+            writer = store._writer
+            writer._conn = TimedConnection(writer._conn, timed)  # type: ignore[union-attr]
             state = State(store)
             for label, part in flushes:
                 for i in range(0, len(part), BATCH):

@@ -162,6 +162,9 @@ def main() -> None:
     ap.add_argument("--skip-realworkers", action="store_true")
     ap.add_argument("--port", type=int, default=5760, help="monitor port (and the next one)")
     ap.add_argument("--gen-procs", type=int, default=1, help="generator processes (ingest.py)")
+    ap.add_argument("--gen-mode", default="wire", help="ingest.py's generator mode")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="dispatcher mode: task.multi messages of this many events")
     ap.add_argument("--celeriac-src", default=None,
                     help="run celeriac from this source tree (PYTHONPATH), e.g. a `git archive`"
                          " snapshot, so that edits in the shared checkout do not change a run")
@@ -201,7 +204,8 @@ def main() -> None:
                     [a.python, "ingest.py", "--broker", url, "--cmd", "flower", "--vs", celeriac,
                      "--shell", "--labels", "flower,celeriac", "-k", str(k),
                      "--rounds", str(a.rounds), "--port", str(a.port),
-                     "--gen-procs", str(a.gen_procs)],
+                     "--gen-procs", str(a.gen_procs), "--gen-mode", a.gen_mode,
+                     "--batch", str(a.batch)],
                     out, f"ingest-{kind}-k{k}", records,
                 )
             if not a.skip_realworkers:

@@ -113,6 +113,10 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "send task events, as Flower [on] (CELERIAC_ENABLE_EVENTS)."),
         click.option("--no-enable-events", "no_enable_events", is_flag=True, default=None,
                      help="Leave the workers' event setting alone."),
+        click.option("--writer-process", "writer_process", metavar="[BOOL]", is_flag=False,
+                     flag_value="true",
+                     help="SQLite: write the task history from a process of its own, so that "
+                          "writing never slows the event reader [on] (CELERIAC_WRITER_PROCESS)."),
         click.option("--xheaders", metavar="[BOOL]", is_flag=False, flag_value="true",
                      help="Behind a proxy: trust X-Forwarded-For/-Proto from any address."),
         click.option("--unix-socket", "--unix_socket", "unix_socket", metavar="PATH",

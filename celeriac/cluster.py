@@ -105,7 +105,12 @@ def open_store(settings: Settings, broker_url: str) -> TaskStore:
         return MemoryStore(settings.max_tasks, max_age=settings.max_age)
     from celeriac.store.sqlite import SqliteStore
 
-    return SqliteStore(path, max_tasks=settings.max_tasks, max_age=settings.max_age)
+    return SqliteStore(
+        path,
+        max_tasks=settings.max_tasks,
+        max_age=settings.max_age,
+        writer_process=settings.writer_process,
+    )
 
 
 def open_source(settings: Settings, app: Celery, state: State, control: Control) -> EventSource:

@@ -298,6 +298,9 @@ class Settings:
     follower_poll: float = 30.0
     db: str | None = None  # SQLite path, ":memory:" for no persistence; None = the default file
     max_age: float | None = None  # seconds; finished tasks older than this are pruned
+    # SQLite: write the history from a process of its own (store/sqlite_process.py), so that
+    # writing never competes with reading events for the GIL; off: a thread of this process.
+    writer_process: bool = True
     max_wait: float = 300.0  # seconds: the longest a request waits for a task's result
     bulk_max: int = 1000  # the most tasks one bulk re-run or revoke acts on (its ``cap``)
     log_level: str = "info"
@@ -620,6 +623,7 @@ def _convert(name: str, raw: str) -> Any:
         "session_max_age": parse_duration,
         "clusters": parse_clusters,
         "enable_events": lambda v: parse_bool(v, name),
+        "writer_process": lambda v: parse_bool(v, name),
         "xheaders": lambda v: parse_bool(v, name),
         "read_only": lambda v: parse_bool(v, name),
         "task_runtime_metric_buckets": parse_buckets,

@@ -1,43 +1,34 @@
-"""The persistent task store: one SQLite file in WAL mode, one writer thread, readers per thread.
+"""The persistent task store: one SQLite file in WAL mode, one writer, readers per thread.
 
 The batching writer (pending dict, writer thread, throttle, retries, the merge of unwritten
 tasks into answers) is :class:`~celeriac.store.writer.BatchingStore`, shared with the
-PostgreSQL store; this module is the SQLite half. The writer thread writes each batch in one
-``BEGIN IMMEDIATE`` transaction. Readers use their own connection per thread; WAL lets them
-read while the writer writes.
+PostgreSQL store; this module is the SQLite half. What changes the file (a batch in one
+``BEGIN IMMEDIATE`` transaction, retention) is :class:`~celeriac.store.sqlite_write.SqliteWriter`,
+which by default runs in a process of its own (``store/sqlite_process.py``: writing then never
+competes with the event reader for the GIL), or on the writer thread with
+``writer_process=False``. Either way the writer thread hands it each batch and applies what it
+reports (the count, the tallies, new names). Readers use their own connection per thread; WAL
+lets them read while the writer writes.
 
-The full-text index (FTS5, trigram) is filled by SQLite from the table itself, one statement
-per batch (``_FTS_INDEX``), not from parameters: 2.5 times less CPU, no Python per row.
-
-The writer runs few, large statements (many rows each) rather than ``executemany``: every
-statement step releases the GIL, and getting it back from a busy ingest thread can take a whole
-switch interval, so per-row steps made flushes several times slower under load (measured).
-
-A failed write (disk full, file made read-only, I/O error) is retried with the next batch (see
-``store/writer.py``), counted by SQLite's error name. A path that cannot be opened, or a
-database newer than this code, raises :class:`StoreError` at construction.
+A failed write (disk full, file made read-only, I/O error, the writer process killed) is retried
+with the next batch (see ``store/writer.py``), counted by SQLite's error name. A path that cannot
+be opened, or a database newer than this code, raises :class:`StoreError` at construction.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import sqlite3
 import threading
-import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from itertools import compress, repeat
-from operator import itemgetter, ne
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from celeriac.constants import FINAL_STATES
-from celeriac.store.base import PLAIN_TYPES, StoreError, TaskQuery, TaskRecord, plain
+from celeriac.store.base import StoreError, TaskQuery, TaskRecord
 from celeriac.store.migrations import (
-    FTS_COLUMNS,
     MIGRATIONS,
     TASK_COLUMNS,
     Migration,
@@ -53,78 +44,38 @@ from celeriac.store.search import (
     kwarg_equals,
     search_sql,
 )
+from celeriac.store.sqlite_process import WriterError, WriterProcess
+from celeriac.store.sqlite_write import (
+    LOOKUP_CHUNK,
+    TALLIED,
+    SqliteWriter,
+    configure,
+    error_name,
+    snapshot,
+)
 from celeriac.store.writer import OVERLAY_MAX, BatchingStore, Live
 
 __all__ = ["SqliteStore", "StoreError"]
 
 log = logging.getLogger(__name__)
 
-_COLS = ", ".join(TASK_COLUMNS)
-_FTS = ", ".join(FTS_COLUMNS)
 _SELECT = f"SELECT {', '.join('t.' + c for c in TASK_COLUMNS)} FROM tasks AS t"
-# Statements that take many rows: ``{}`` is where the VALUES rows go (see _values).
-_INSERT = f"INSERT INTO tasks (id, {_COLS}) VALUES {{}}"
-# Index the text of some rows, read from the table (the rows with text: see _indexed).
-_FTS_INDEX = (
-    f"INSERT INTO tasks_fts (rowid, {_FTS}) SELECT id, {_FTS} FROM tasks WHERE {{}}"
-    f" AND ({' OR '.join(f'{c} IS NOT NULL' for c in FTS_COLUMNS)})"
-)
-_FTS_INDEX_RANGE = _FTS_INDEX.format("id >= ? AND id < ?")
-_FTS_INDEX_IDS = _FTS_INDEX.format("id IN (SELECT value FROM json_each(?))")
-_FTS_DELETE = (
-    f"INSERT INTO tasks_fts (tasks_fts, rowid, {_FTS}) SELECT 'delete', * FROM (VALUES {{}})"
-)
-_UPDATE = "UPDATE tasks SET {sets} FROM (VALUES {{}}) AS v WHERE id = v.column1"
-# One JSON row for a whole chunk of uuids; floats as 17-digit text so they compare exactly.
-_EXACT = "CASE WHEN typeof({0}) = 'real' THEN json_array(printf('%!.17g', {0})) ELSE {0} END"
-_LOOKUP = (
-    f"SELECT json_group_array(json_array(id, {', '.join(_EXACT.format(c) for c in TASK_COLUMNS)}))"
-    " FROM tasks WHERE uuid IN ({})"
-)
 _FTS_IN = "{p}id IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ?)"
 _IDS_IN = "{p}id IN (SELECT value FROM json_each(?))"
-_COUNT_ADD = "UPDATE meta SET value = value + ? WHERE key = 'task_count'"
-_FTS_AT = tuple(TASK_COLUMNS.index(c) for c in FTS_COLUMNS)
-_NAME_AT, _WORKER_AT = TASK_COLUMNS.index("name"), TASK_COLUMNS.index("worker")
-_fts_of = itemgetter(*_FTS_AT)
-_POSITIONS = tuple(range(len(TASK_COLUMNS)))
-#: Columns whose values are tallied by the writer: exact counts for filters, without a scan.
-_TALLIED = {c: TASK_COLUMNS.index(c) for c in ("state", "name", "worker")}
-_FINAL = tuple(sorted(FINAL_STATES))
-_LOOKUP_CHUNK = 2000  # uuids per lookup statement
-_VALUES_CHUNK = 256  # rows per multi-row statement; powers of two keep the statements cached
-_PRUNE_BATCH = 500  # rows per retention transaction: short, so a flush never waits long
 _COUNT_CAP = 20_000  # below this many matches, reading them all and sorting is a plan
 _HITS_CAP = 2_000  # text matches counted exactly (~2.5 ms at most), extrapolated beyond
 #: Microseconds per row, about, at 1M tasks: walking an index and checking the row; reading a
 #: filter's rows and sorting them; checking a search in Python; reading a text match.
 _COST = {"walk": 1.0, "sort": 2.0, "text": 5.0, "text hit": 3.0}
-#: SQLite page caches, in KiB: memory stays flat however big the database grows.
-WRITER_CACHE_KB = 32 * 1024
+#: The readers' page cache, in KiB (one per thread): memory stays flat however big the
+#: database grows.
 READER_CACHE_KB = 4 * 1024
 
-Row = tuple[Any, ...]
 Cond = tuple[str, tuple[Any, ...]]  # a WHERE term and its parameters
 
 
-def _snapshot(record: TaskRecord) -> Row:
-    row = tuple(map(record.get, TASK_COLUMNS))
-    return row if PLAIN_TYPES.issuperset(map(type, row)) else tuple(map(plain, row))
-
-
-def _texts(rows: list[Row], at: int) -> Iterator[str]:
-    """The non-empty text values of one column (a name or hostname sent as a number is not)."""
-    return (r[at] for r in rows if r[at] and type(r[at]) is str)
-
-
-def _indexed(row: Row) -> Row | None:
-    """The row's full-text columns, or None when it has no text to index."""
-    text: Row = _fts_of(row)
-    return None if text.count(None) == len(text) else text
-
-
 def _live_row(record: TaskRecord) -> Live:
-    return Live(zip(TASK_COLUMNS, _snapshot(record), strict=True))
+    return Live(zip(TASK_COLUMNS, snapshot(record), strict=True))
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -180,24 +131,41 @@ class SqliteStore(BatchingStore):
         *,
         migrations: Sequence[Migration] = MIGRATIONS,
         max_pending: int = 5_000,
+        writer_process: bool = True,
     ) -> None:
         self.path = path
         self.where = f"task database {path}"
         self._init_writer(max_tasks, max_age, flush_interval, max_pending)
-        # The rows this writer committed lately, ``uuid -> (id, *TASK_COLUMNS)``: see _remember.
-        self._recent: OrderedDict[str, Row] = OrderedDict()
-        self._recent_max = 2 * max_pending
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
-        self._conn = self._open(migrations)
-        meta = "SELECT value FROM meta WHERE key = 'task_count'"
-        self._count = int(self._conn.execute(meta).fetchone()[0])
-        self._names = frozenset(r[0] for r in self._conn.execute("SELECT name FROM task_names"))
-        self._workers = frozenset(r[0] for r in self._conn.execute("SELECT name FROM worker_names"))
-        self._stored_names, self._stored_workers = self._names, self._workers
-        self._tally: dict[str, Counter[Any]] = {
-            c: Counter(dict(self._conn.execute(f"SELECT {c}, count(*) FROM tasks GROUP BY {c}")))
-            for c in _TALLIED
+        conn = self._open(migrations)
+        try:
+            meta = "SELECT value FROM meta WHERE key = 'task_count'"
+            self._count = int(conn.execute(meta).fetchone()[0])
+            self._names = frozenset(r[0] for r in conn.execute("SELECT name FROM task_names"))
+            self._workers = frozenset(r[0] for r in conn.execute("SELECT name FROM worker_names"))
+            self._tally = self._read_tally(conn)
+        except BaseException:
+            conn.close()
+            raise
+        # The writer keeps the rows it committed lately (2 x max_pending): see _remember.
+        self._writer: SqliteWriter | WriterProcess
+        self._conn: sqlite3.Connection | None = None  # the writer's, when it is a thread's
+        if writer_process:
+            conn.close()
+            self._writer = WriterProcess(path, 2 * max_pending)
+        else:
+            self._conn = conn
+            self._writer = SqliteWriter(
+                conn, 2 * max_pending, self._count, self._names, self._workers
+            )
+        self._writer_starts = 1
+
+    @staticmethod
+    def _read_tally(conn: sqlite3.Connection) -> dict[str, Counter[Any]]:
+        return {
+            c: Counter(dict(conn.execute(f"SELECT {c}, count(*) FROM tasks GROUP BY {c}")))
+            for c in TALLIED
         }
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -214,14 +182,7 @@ class SqliteStore(BatchingStore):
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"the {where} cannot use WAL mode (got {mode!r})")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            # Checkpoint every 40 MB of WAL, not 4: a page dirtied by several batches is then
-            # copied into the database once (20-40% faster ingest at 1M tasks, measured).
-            conn.execute("PRAGMA wal_autocheckpoint = 10000")
-            conn.execute("PRAGMA journal_size_limit = 67108864")
-            # 32 MB: the hot ends of the indexes. The rest (the uuid index is random-access)
-            # comes from the OS page cache, which is not this process's memory.
-            conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KB:d}")
+            configure(conn)
             migrate(conn, migrations)
             # Prove now, not at the first flush, that the file is writable.
             conn.execute("BEGIN IMMEDIATE")
@@ -262,9 +223,7 @@ class SqliteStore(BatchingStore):
             readers, self._readers = self._readers, []
         for conn in readers:
             conn.close()
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.execute("PRAGMA optimize")  # keeps the planner's statistics current
-        self._conn.close()
+        self._writer.close()
 
     # --- ingest side -----------------------------------------------------------------------
 
@@ -286,165 +245,35 @@ class SqliteStore(BatchingStore):
     def _write_batch(
         self, batch: dict[str, TaskRecord], workers: dict[str, dict[str, Any]]
     ) -> None:
-        rows = [_snapshot(record) for record in batch.values()]
-        try:
-            self._write(rows, workers)
-        except OverflowError:  # an int beyond 64 bits: keep it as text
-            self._write([tuple(map(plain, row)) for row in rows], workers)
+        done = self._writer.write(list(batch.values()), workers)
+        self._after_restart()
+        self._count = done.count
+        self._count_values(done.tally)
+        if done.names or done.workers:
+            self._add_names(done.names, done.workers)
 
     def _describe_error(self, exc: Exception) -> tuple[str, str]:
-        return getattr(exc, "sqlite_errorname", None) or type(exc).__name__, str(exc)
-
-    def _write(self, rows: list[Row], workers: dict[str, dict[str, Any]]) -> None:
-        conn = self._conn
-        recent = self._recent
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # The stored versions: those this writer wrote lately from memory, the rest (a
-            # task first seen, or one from before a restart) in one lookup.
-            old = self._existing([row[0] for row in rows if row[0] not in recent])
-            next_id = (conn.execute("SELECT max(id) FROM tasks").fetchone()[0] or 0) + 1
-            inserts: list[Row] = []
-            updates: dict[tuple[int, ...], list[Row]] = {}
-            fts_del: list[Row] = []
-            fts_add: list[int] = []  # rowids of updated rows to index (from their new values)
-            first_id = next_id
-            written: list[Row] = []  # (id, *row) of what changed, for `recent` once committed
-            replaced: list[Row] = []  # the stored versions of the rows updated
-            for row in rows:
-                prev = recent.get(row[0]) or old.get(row[0])
-                if prev is None:  # indexed below, from the table, with the others inserted
-                    inserts.append(inserted := (next_id, *row))
-                    written.append(inserted)
-                    next_id += 1
-                    continue
-                text = _indexed(row)
-                rowid, prev_row = prev[0], prev[1:]
-                # SET only the changed columns, so indexes on the others are not rewritten.
-                changed = tuple(compress(_POSITIONS, map(ne, row, prev_row)))
-                if not changed:
-                    continue
-                replaced.append(prev_row)
-                written.append((rowid, *row))
-                updates.setdefault(changed, []).append((rowid, *(row[i] for i in changed)))
-                prev_text = _indexed(prev_row)
-                if text != prev_text:
-                    # Delete only what was indexed: deleting a row that never was would skew
-                    # the index's document totals.
-                    if prev_text:
-                        fts_del.append((rowid, *prev_text))
-                    if text:
-                        fts_add.append(rowid)
-            self._values(_INSERT, inserts)
-            for changed, params in updates.items():
-                sets = (f"{TASK_COLUMNS[i]} = v.column{n}" for n, i in enumerate(changed, 2))
-                self._values(_UPDATE.format(sets=", ".join(sets)), params)
-            self._values(_FTS_DELETE, fts_del)
-            # The text index reads the new text from the table itself, in one statement per
-            # batch: 2.5 times less CPU than passing it as parameters (measured), and no
-            # Python per row while SQLite tokenizes.
-            if inserts:
-                conn.execute(_FTS_INDEX_RANGE, (first_id, next_id))
-            if fts_add:
-                conn.execute(_FTS_INDEX_IDS, (json.dumps(fts_add),))
-            names = frozenset(_texts(rows, _NAME_AT)) - self._stored_names
-            hosts = frozenset(_texts(rows, _WORKER_AT)) - self._stored_workers
-            for table, new in (("task_names", names), ("worker_names", hosts)):
-                self._values(
-                    f"INSERT OR IGNORE INTO {table} (name) VALUES {{}}", [(n,) for n in new]
-                )
-            conn.execute(_COUNT_ADD, (len(inserts),))
-            now = time.time()
-            self._values(
-                "INSERT INTO workers (hostname, info, updated) VALUES {} ON CONFLICT (hostname) "
-                "DO UPDATE SET info = excluded.info, updated = excluded.updated",
-                [(h, json.dumps(i, default=str), now) for h, i in workers.items()],
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # SQLite rolls back by itself on some errors (disk full)
-                conn.execute("ROLLBACK")
-            raise
-        self._count += len(inserts)
-        tally: Counter[tuple[str, Any]] = Counter()
-        gone: Counter[tuple[str, Any]] = Counter()
-        for column, at in _TALLIED.items():  # counted in C; subtracted per distinct value
-            tally.update(zip(repeat(column), (r[at + 1] for r in written)))
-            gone.update(zip(repeat(column), (r[at] for r in replaced)))
-        tally.subtract(gone)
-        self._count_values(tally)
-        self._remember(written)
-        self._stored_names |= names
-        self._stored_workers |= hosts
-        self._add_names(names, hosts)
-
-    def _values(self, sql: str, rows: Sequence[Row]) -> None:
-        """Run ``sql`` over ``rows``, up to _VALUES_CHUNK rows per statement."""
-        done = 0
-        while done < len(rows):
-            size = min(_VALUES_CHUNK, 1 << ((len(rows) - done).bit_length() - 1))
-            chunk = rows[done : done + size]
-            marks = "(" + ", ".join("?" * len(chunk[0])) + ")"
-            self._conn.execute(sql.format(", ".join([marks] * size)), [v for r in chunk for v in r])
-            done += size
-
-    def _remember(self, written: list[Row]) -> None:
-        """Keep the rows just committed (the newest ``2 * max_pending``): a task's next events
-        (most come within seconds) are compared with them without reading the row back and
-        decoding it (the lookup cost ~7 µs per task that spanned two flushes, measured)."""
-        recent = self._recent
-        for row in written:
-            recent[row[1]] = row
-            recent.move_to_end(row[1])  # the oldest are dropped first
-        for _ in range(len(recent) - self._recent_max):
-            recent.popitem(last=False)  # O(1); a dict's first key is not, after deletions
-
-    def _existing(self, uuids: list[str]) -> dict[str, Row]:
-        """``uuid -> (id, *TASK_COLUMNS)`` of the stored versions of these tasks."""
-        found: dict[str, Row] = {}
-        for i in range(0, len(uuids), _LOOKUP_CHUNK):
-            chunk = uuids[i : i + _LOOKUP_CHUNK]
-            sql = _LOOKUP.format(", ".join("?" * len(chunk)))
-            for row in json.loads(self._conn.execute(sql, chunk).fetchone()[0]):
-                found[row[1]] = tuple(float(v[0]) if type(v) is list else v for v in row)
-        return found
+        return error_name(exc), str(exc)
 
     def _prune(self, budget: float) -> None:
-        """Delete the oldest finished tasks beyond the limits, in short transactions.
+        try:
+            done = self._writer.prune(budget, self.max_tasks, self.max_age)
+        except WriterError as exc:
+            self._write_failed(exc)
+            return
+        self._count = done.count
+        self._count_values(done.tally)
+        self._pruned += done.deleted
+        if done.failure is not None:
+            self._write_failed(WriterError(*done.failure))
 
-        At least one batch per writer cycle, so that retention keeps up under any ingest load,
-        and more only within ``budget`` seconds, so that the next flush is not delayed.
-        """
-        deadline = time.monotonic() + budget
-        while True:
-            victims: list[Row] = []
-            if self.max_age is not None:
-                victims = self._oldest_finished(_PRUNE_BATCH, time.time() - self.max_age)
-            if not victims and self.max_tasks is not None and self._count > self.max_tasks:
-                victims = self._oldest_finished(min(_PRUNE_BATCH, self._count - self.max_tasks))
-            if not victims:
-                return
-            try:
-                self._delete(victims)
-            except sqlite3.Error as exc:
-                self._write_failed(exc)
-                return
-            if time.monotonic() >= deadline:
-                return
-
-    def _oldest_finished(self, limit: int, before: float | None = None) -> list[Row]:
-        """``(id, uuid, state, name, worker, *FTS_COLUMNS)`` of up to ``limit`` finished
-        tasks, oldest first."""
-        sql = (
-            f"SELECT id, timestamp, uuid, {', '.join(_TALLIED)}, {_FTS} FROM tasks WHERE state = ?"
-        )
-        sql += " AND timestamp < ?" if before is not None else ""
-        found: list[Row] = []
-        for state in _FINAL:  # one (state, timestamp) index range each: no scan, no sort
-            params = (state, before, limit) if before is not None else (state, limit)
-            found.extend(self._conn.execute(f"{sql} ORDER BY timestamp LIMIT ?", params))
-        found.sort(key=lambda r: (r[1] is not None, r[1]))
-        return [(r[0], *r[2:]) for r in found[:limit]]
+    def _after_restart(self) -> None:
+        """After the writer process died and a new one started: a batch it committed but
+        could not confirm was counted in no tally, so count them again (rare; one scan)."""
+        starts = getattr(self._writer, "starts", 1)
+        if starts > self._writer_starts:
+            self._writer_starts = starts
+            self._tally = self._read_tally(self._reader())
 
     def _count_values(self, changes: Counter[tuple[str, Any]]) -> None:
         for (column, value), n in changes.items():
@@ -453,29 +282,6 @@ class SqliteStore(BatchingStore):
                 counter[value] += n
                 if counter[value] <= 0:
                     del counter[value]
-
-    def _delete(self, victims: list[Row]) -> None:
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            ids = [v[0] for v in victims]
-            conn.execute(f"DELETE FROM tasks WHERE id IN ({', '.join('?' * len(ids))})", ids)
-            skip = 2 + len(_TALLIED)
-            indexed = [(v[0], *v[skip:]) for v in victims if any(x is not None for x in v[skip:])]
-            self._values(_FTS_DELETE, indexed)
-            conn.execute(_COUNT_ADD, (-len(ids),))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        self._count -= len(victims)
-        for v in victims:
-            self._recent.pop(v[1], None)
-        gone: Counter[tuple[str, Any]] = Counter()
-        gone.subtract((c, v[2 + n]) for v in victims for n, c in enumerate(_TALLIED))
-        self._count_values(gone)
-        self._pruned += len(victims)
 
     # --- readers ---------------------------------------------------------------------------
 
@@ -517,8 +323,8 @@ class SqliteStore(BatchingStore):
                 found[uuid] = live
             else:
                 rest.append(uuid)
-        for i in range(0, len(rest), _LOOKUP_CHUNK):
-            chunk = rest[i : i + _LOOKUP_CHUNK]
+        for i in range(0, len(rest), LOOKUP_CHUNK):
+            chunk = rest[i : i + LOOKUP_CHUNK]
             sql = f"{_SELECT} WHERE t.uuid IN ({', '.join('?' * len(chunk))})"
             for row in self._reader().execute(sql, chunk):
                 found[row[0]] = dict(zip(TASK_COLUMNS, row, strict=True))

@@ -374,7 +374,7 @@ def test_a_read_only_database_raises_store_error():
 
 
 def test_full_disk_is_logged_once_and_loses_nothing(db, caplog):
-    store = SqliteStore(db)
+    store = SqliteStore(db, writer_process=False)  # to reach the writer's connection
     store.put(make(0))
     assert store.flush()
     pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
@@ -402,10 +402,10 @@ def test_writer_thread_survives_errors_and_recovers(db):
     class Flaky(SqliteStore):
         fail = threading.Event()
 
-        def _write(self, rows, workers):
+        def _write_batch(self, batch, workers):
             if self.fail.is_set():
                 raise sqlite3.OperationalError("disk I/O error")
-            super()._write(rows, workers)
+            super()._write_batch(batch, workers)
 
     store = Flaky(db, flush_interval=0.01)
     store.start()

@@ -1,0 +1,224 @@
+"""The SQLite writer in a process of its own, so that writing history never slows ingestion.
+
+Why a process: writing a task to SQLite (the row, its ten indexes, its trigram text index)
+costs more CPU than reading, decoding and merging its events, and in one process both share
+the GIL: each SQL statement gives it up, and getting it back from the busy ingest thread takes
+time the writer then spends idle. Measured at 100,000 tasks on Redis, the process used about
+1.2 of the 2 cores, the writer thread was the bottleneck and the event reader waited for it
+(bench/results/ingest.md). In a process of its own the writer has a core of its own, and the
+ingest process only pickles each batch (about 1 µs a task).
+
+The protocol is a request and its reply at a time over the child's stdin/stdout, each a pickle
+after its length: ``("write", records, workers)``, ``("prune", budget, max_tasks, max_age)``
+and ``("close",)``; the replies are ``("ok", result)`` or ``("error", kind, text)``. The
+parent's writer thread is the only caller, so one request is in flight at a time, and a batch
+is committed when ``write`` returns, as with the writer thread alone (``put_mark`` holds).
+
+If the child dies (killed, out of memory), the call raises :class:`WriterError` and the batch
+goes back to the pending ones (``store/writer.py``); the next call starts a new child, which
+reads the database afresh: nothing committed is lost, nothing uncommitted was acknowledged.
+The child runs at a lower CPU priority (:data:`NICE`), and ignores SIGINT and SIGTERM, which
+a terminal or a service manager sends to every process of the group: it exits when the parent
+closes it, or when its stdin reaches EOF (the parent is gone), after the transaction in
+progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from typing import IO, Any
+
+from celeriac.store.base import TaskRecord, plain
+from celeriac.store.sqlite_write import Pruned, SqliteWriter, Written, error_name
+
+_HEADER = struct.Struct("!Q")
+#: The writer's CPU priority below the event reader's: on a busy machine the history may lag
+#: a few batches behind (``max_pending`` bounds how many), events are read on time.
+NICE = 10
+
+
+class WriterError(Exception):
+    """A write the writer process refused or could not make; ``sqlite_errorname`` is the
+    kind it is counted by (SQLite's error name, or why the process is gone)."""
+
+    def __init__(self, kind: str, text: str) -> None:
+        super().__init__(text)
+        self.sqlite_errorname = kind
+
+
+def _send(stream: IO[bytes], message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _receive(stream: IO[bytes]) -> Any:
+    """The next message, or None at EOF."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)
+
+
+def _picklable(records: list[TaskRecord]) -> list[TaskRecord]:
+    """The records with every value plain, for a batch an event filled with something pickle
+    refuses (a value only the writer's ``plain`` would have turned into text anyway)."""
+    return [{k: v if k == "children" else plain(v) for k, v in r.items()} for r in records]
+
+
+class WriterProcess:
+    """A :class:`SqliteWriter` in a child process, with the same ``write``, ``prune`` and
+    ``close``; started at the first call, and again after it died."""
+
+    def __init__(self, path: str, recent_max: int) -> None:
+        self.path = path
+        self.recent_max = recent_max
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self.starts = 0  # children started: more than one means one died
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return None if proc is None else proc.pid
+
+    def write(self, records: list[TaskRecord], workers: dict[str, dict[str, Any]]) -> Written:
+        try:
+            data = pickle.dumps(("write", records, workers), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            data = pickle.dumps(
+                ("write", _picklable(records), {h: plain(i) for h, i in workers.items()}),
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
+        result: Written = self._call(data)
+        return result
+
+    def prune(self, budget: float, max_tasks: int | None, max_age: float | None) -> Pruned:
+        result: Pruned = self._call(pickle.dumps(("prune", budget, max_tasks, max_age)))
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is None:
+                return
+            try:
+                assert proc.stdin is not None
+                _send(proc.stdin, ("close",))
+                proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    def _call(self, request: bytes) -> Any:
+        with self._lock:
+            proc = self._proc or self._start()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(_HEADER.pack(len(request)))
+                proc.stdin.write(request)
+                proc.stdin.flush()
+                reply = _receive(proc.stdout)
+            except OSError:
+                reply = None
+            if reply is None:
+                self._reap(proc)
+                raise WriterError(
+                    "WriterExited", f"the writer process exited (code {proc.returncode})"
+                )
+            if reply[0] == "ok":
+                return reply[1]
+            raise WriterError(reply[1], reply[2])
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        """The child, once it has opened the database (or the error it met doing so)."""
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        command = [sys.executable, "-m", __name__, self.path, str(self.recent_max)]
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # a Ctrl-C in a terminal reaches the parent, not it
+            close_fds=True,
+        )
+        self.starts += 1
+        assert proc.stdout is not None
+        reply = _receive(proc.stdout)
+        if reply is None or reply[0] != "ok":
+            self._reap(proc)
+            kind, text = (reply[1], reply[2]) if reply else ("WriterExited", "no answer")
+            raise WriterError(kind, f"the writer process could not start: {text}")
+        self._proc = proc
+        return proc
+
+    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = None
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main(argv: list[str]) -> int:
+    """The child: open the writer, answer requests until closed or orphaned."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
+    path, recent_max = argv[0], int(argv[1])
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but replies may reach the parent's pipe
+    try:
+        writer = SqliteWriter.open(path, recent_max)
+    except Exception as exc:
+        _send(stdout, ("error", error_name(exc), str(exc)))
+        return 1
+    _send(stdout, ("ok", writer.count))
+    while True:
+        request = _receive(stdin)
+        if request is None or request[0] == "close":
+            writer.close()
+            return 0
+        try:
+            if request[0] == "write":
+                result: Any = writer.write(request[1], request[2])
+            elif request[0] == "prune":
+                result = writer.prune(*request[1:])
+            else:
+                raise ValueError(f"unknown request {request[0]!r}")
+        except Exception as exc:
+            _send(stdout, ("error", error_name(exc), str(exc)))
+            continue
+        _send(stdout, ("ok", result))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
