@@ -329,6 +329,8 @@ class ClusterCollector:
             ("events_received", "Events decoded from those messages", counters.received),
             ("events_malformed", "Messages or events that could not be decoded",
              counters.malformed),
+            ("sink_failures", "Batches of events the state could not take (then redelivered "
+             "by a stable RabbitMQ queue, dropped otherwise)", counters.sink_failures),
             ("events_applied", "Events merged into the state", state.applied),
             ("events_ignored", "Events that changed nothing (unknown type, no id)",
              state.ignored),

@@ -16,7 +16,10 @@ redeliver, never lose, what was in flight. With a store that writes in batches (
 SQLite, PostgreSQL) a message is acknowledged only once the store has committed what its
 events changed: a celeriac killed between reading an event and writing it gets it again from
 a stable queue (or, several instances on one PostgreSQL, the next leader does). The prefetch
-window then covers the store's flush interval at full rate (:func:`prefetch_for`).
+window then covers the store's flush interval at full rate (:func:`prefetch_for`). If the
+state cannot take a batch from a stable queue (its store unreachable, say), the batch is not
+acked: the channel is dropped and the broker delivers it again after a pause that grows to
+5 s while the failure lasts. On a per-run queue the batch is counted and skipped, as on Redis.
 
 Bodies are raw JSON (no envelope): they go straight from py-amqp's message to orjson, skipping
 kombu's Message wrapper, which would cost more than the decode itself.
@@ -50,6 +53,10 @@ POLL_S = 0.25  # how often an idle loop looks at close()
 HEARTBEAT_S = 20.0  # AMQP heartbeat: a silent broker is known dead after two of these
 HEARTBEAT_CHECK_S = 1.0
 BACKOFF_MAX_S = 1.0
+# After the sink failed on a batch of a stable queue (left unacked): the first pause before
+# the broker delivers it again, doubled on each failure in a row up to the last.
+SINK_BACKOFF_S = 0.1
+SINK_BACKOFF_MAX_S = 5.0
 ANON_QUEUE_EXPIRES_S = 300.0  # x-expires of the per-run queue: deleted 5 min after it is unused
 RECV_SIZE = 64 * 1024
 FRAME_END = 0xCE
@@ -89,6 +96,10 @@ def prefetch_for(flush_interval: float) -> int:
     stall the broker's deliveries (throughput capped at window / wait)."""
     wait = 2 * flush_interval + 0.5
     return min(PREFETCH_MAX, max(PREFETCH, int(RATE_FOR_PREFETCH * wait)))
+
+
+class SinkFailed(Exception):
+    """The sink refused a batch read from a stable queue: it is left to the broker."""
 
 
 class AmqpEventSource:
@@ -171,6 +182,7 @@ class AmqpEventSource:
     def _run(self) -> None:
         lost_at: float | None = None
         backoff = 0.0
+        sink_backoff = SINK_BACKOFF_S
         while not self._stop.is_set():
             conn = self._base.clone()
             self._conn = conn
@@ -187,6 +199,9 @@ class AmqpEventSource:
                 self._subscribed.set()
                 self._call_wake()
                 self._consume(conn, channel)
+            except SinkFailed:  # logged by _flush; the broker keeps the batch meanwhile
+                self._stop.wait(sink_backoff)
+                sink_backoff = min(SINK_BACKOFF_MAX_S, sink_backoff * 2)
             except Exception as exc:
                 if not self._stop.is_set():
                     self._failed(exc)
@@ -196,6 +211,8 @@ class AmqpEventSource:
                     if not consuming:
                         self._stop.wait(backoff)
                         backoff = min(BACKOFF_MAX_S, backoff * 2 or 0.05)
+            else:
+                sink_backoff = SINK_BACKOFF_S
             finally:
                 # Whatever arrived is handed on even if it cannot be acked any more: on a
                 # stable queue it comes again (the state takes duplicates), on a per-run queue
@@ -297,11 +314,16 @@ class AmqpEventSource:
             try:
                 self._sink(out.events)
             except Exception as exc:  # the sink's bug must not cost us the stream
+                counters.sink_failures += 1
                 counters.last_error = f"sink: {type(exc).__name__}: {exc}"
                 now = time.monotonic()
                 if now - self._sink_error_logged > 10.0:
                     self._sink_error_logged = now
                     log.exception("amqp events: the sink failed on a batch (logged once per 10 s)")
+                if channel is not None and self._ack_when is not None:
+                    # A stable queue promises that nothing is lost: leave the batch unacked and
+                    # drop the channel, so the broker delivers it again after a pause.
+                    raise SinkFailed(str(exc)) from exc
         if channel is None:
             return
         if self._ack_when is None:

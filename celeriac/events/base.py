@@ -23,6 +23,7 @@ class IngestCounters:
     messages: int = 0  # broker messages read
     received: int = 0  # events decoded out of those messages
     malformed: int = 0  # messages or events that could not be decoded
+    sink_failures: int = 0  # batches the state could not take (its store unreachable, say)
     reconnects: int = 0
     gaps: int = 0  # times the source was disconnected and may have missed events
     blind_seconds: float = 0.0  # total time spent disconnected after the first connect

@@ -64,6 +64,66 @@ def test_a_message_is_acked_only_once_the_store_has_committed_its_events(
         store.close()
 
 
+def test_a_batch_the_state_cannot_take_from_a_stable_queue_comes_again(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    # The state's store unreachable for a while (a PostgreSQL restart, say): the batches read
+    # meanwhile must not be acked, or a stable queue would lose them.
+    store = SqliteStore(str(tmp_path / "tasks.sqlite3"), flush_interval=0.05)
+    store.start()
+    state = State(store)
+    refusals = 3
+
+    def sink(events: list[dict]) -> None:
+        nonlocal refusals
+        if refusals > 0:
+            refusals -= 1
+            raise ConnectionError("the store is unreachable")
+        state.apply(events)
+
+    queue = f"refused-{uuid.uuid4().hex[:8]}"
+    src = AmqpEventSource(amqp_url, sink, queue_name=queue, ack_when=committing(store))
+    try:
+        src.start()
+        assert src.wait_subscribed(20)
+        sent = [f"r{i}" for i in range(30)]
+        send_events(amqp_url, *[("task-succeeded", {"uuid": u, "result": "1"}) for u in sent])
+        wait_for(lambda: store.count() == 30, 30, message="every task, once the state takes them")
+        assert refusals == 0 and src.counters.sink_failures == 3
+        assert src.counters.gaps == 0  # nothing was missed: the broker kept the batches
+        assert {u: store.get(u)["state"] for u in sent} == dict.fromkeys(sent, "SUCCESS")
+        wait_for(lambda: not src._unacked, 10, message="the acks")
+    finally:
+        src.close()
+        store.close()
+    assert ready_messages(amqp_url, queue) == 0
+
+
+def test_without_a_stable_queue_a_refused_batch_is_counted_and_the_stream_goes_on(
+    amqp_url: str,
+) -> None:
+    state = State(MemoryStore(100))
+    refused = []
+
+    def sink(events: list[dict]) -> None:
+        if not refused:
+            refused.append(len(events))
+            raise ConnectionError("the store is unreachable")
+        state.apply(events)
+
+    src = AmqpEventSource(amqp_url, sink)
+    try:
+        src.start()
+        assert src.wait_subscribed(20)
+        send_events(amqp_url, ("task-succeeded", {"uuid": "first", "result": "1"}))
+        wait_for(lambda: src.counters.sink_failures == 1, 20, message="the refusal")
+        send_events(amqp_url, ("task-succeeded", {"uuid": "second", "result": "2"}))
+        wait_for(lambda: state.task("second") is not None, 20, message="the next batch")
+        assert src.counters.sink_failures == 1 and src.counters.reconnects == 0
+    finally:
+        src.close()
+
+
 def final_states(db: Path) -> dict[str, str]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
