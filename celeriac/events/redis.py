@@ -11,6 +11,10 @@ events a second, so a busy cluster outruns it and is dropped. This reader keeps 
   on bigger feeds), decodes the envelopes of each chunk together (:mod:`.decode`) and hands
   the sink one list per chunk.
 
+A batch the sink cannot take (the state's store unreachable) is held and given to it again,
+for up to ``SINK_RETRY_S``, while the net thread keeps the socket drained; only then is it
+dropped (counted in ``sink_failures``, logged): pub/sub cannot deliver it again.
+
 When the connection drops the net thread reconnects at once (backing off only while refused),
 resubscribes, counts the gap and the time it was blind, logs one line, and calls ``wake`` (the
 caller's heartbeat broadcast) so that the workers announce themselves again.
@@ -47,6 +51,7 @@ PING_AFTER_S = 10.0  # idle this long: send a PING to prove the connection is al
 DEAD_AFTER_S = 30.0  # idle this long (PING unanswered): the connection is dead
 CONNECT_TIMEOUT_S = 5.0
 BACKOFF_MAX_S = 1.0  # every second blind may be events lost: never wait longer to retry
+SINK_RETRY_S = 30.0  # how long a batch the state cannot take is tried again before it is dropped
 
 
 class RedisProtocolError(ConnectionError):
@@ -429,11 +434,27 @@ class RedisEventSource:
         if not out.events:
             return
         counters.received += len(out.events)
-        try:
-            self._sink(out.events)
-        except Exception as exc:  # the sink's bug must not cost us the stream
-            self.counters.last_error = f"sink: {type(exc).__name__}: {exc}"
-            now = time.monotonic()
-            if now - self._sink_error_logged > 10.0:
-                self._sink_error_logged = now
-                log.exception("redis events: the sink failed on a batch (logged once per 10 s)")
+        # The state may fail to take a batch for a while (its store unreachable): try again
+        # while the net thread keeps the socket drained, and give the batch up only after
+        # SINK_RETRY_S (pub/sub cannot deliver it again) or at close.
+        deadline = time.monotonic() + SINK_RETRY_S
+        pause = 0.05
+        while True:
+            try:
+                self._sink(out.events)
+                return
+            except Exception as exc:  # the sink's bug must not cost us the stream
+                counters.sink_failures += 1
+                counters.last_error = f"sink: {type(exc).__name__}: {exc}"
+                now = time.monotonic()
+                if now - self._sink_error_logged > 10.0:
+                    self._sink_error_logged = now
+                    log.exception("redis events: the sink failed on a batch (logged once per 10 s)")
+                if now >= deadline or self._stop.wait(pause):
+                    log.error(
+                        "redis events: %d events dropped: the state could not take them for %.0f s",
+                        len(out.events),
+                        SINK_RETRY_S,
+                    )
+                    return
+                pause = min(1.0, pause * 2)

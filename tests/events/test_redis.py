@@ -21,6 +21,7 @@ import redis as redis_py
 from celery import Celery
 from kombu import Producer
 
+from celeriac.events import redis as redis_events
 from celeriac.events.redis import RedisAddress, RedisEventSource, glob_escape
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
@@ -269,24 +270,67 @@ def test_malformed_payloads_are_counted_and_the_reader_goes_on(
     assert src.counters.connected and src.counters.gaps == 0
 
 
-def test_a_failing_sink_does_not_stop_the_reader(server: PrivateRedis, source: Any) -> None:
-    calls: list[int] = []
+def test_a_batch_the_sink_refuses_for_a_while_is_given_to_it_again(
+    server: PrivateRedis, source: Any
+) -> None:
+    # The state's store unreachable for a moment: pub/sub cannot deliver the batch again,
+    # so the reader holds it and tries again (the net thread keeps the socket drained).
+    taken: list[str] = []
+    refusals = [2]
 
     def sink(events: list[dict[str, Any]]) -> None:
-        calls.append(len(events))
-        if len(calls) == 1:
-            raise RuntimeError("sink bug")
+        if refusals[0]:
+            refusals[0] -= 1
+            raise RuntimeError("store unreachable")
+        taken.extend(e["uuid"] for e in events)
 
     src = RedisEventSource(server.url(0), sink)
     src.start()
     try:
         assert src.wait_subscribed(10)
-        for _ in range(2):
-            publish_raw(server.url(0), 0, "task.started", envelope(b'{"type": "task-started"}'))
-            time.sleep(0.2)
-        wait_until(lambda: len(calls) == 2, what="a second batch")
-        assert "sink bug" in (src.counters.last_error or "")
+        publish_raw(
+            server.url(0), 0, "task.started", envelope(b'{"type": "task-started", "uuid": "a"}')
+        )
+        wait_until(lambda: taken == ["a"], what="the refused batch, taken at last")
+        assert src.counters.sink_failures == 2
+        assert "store unreachable" in (src.counters.last_error or "")
+        publish_raw(
+            server.url(0), 0, "task.started", envelope(b'{"type": "task-started", "uuid": "b"}')
+        )
+        wait_until(lambda: taken == ["a", "b"], what="the next batch")
         assert src.counters.gaps == 0
+    finally:
+        src.close()
+
+
+def test_a_batch_the_sink_never_takes_is_dropped_and_the_reader_goes_on(
+    server: PrivateRedis, source: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_events, "SINK_RETRY_S", 0.3)
+    taken: list[str] = []
+
+    def sink(events: list[dict[str, Any]]) -> None:
+        if any(e["uuid"] == "poison" for e in events):
+            raise RuntimeError("sink bug")
+        taken.extend(e["uuid"] for e in events)
+
+    src = RedisEventSource(server.url(0), sink)
+    src.start()
+    try:
+        assert src.wait_subscribed(10)
+        publish_raw(
+            server.url(0),
+            0,
+            "task.started",
+            envelope(b'{"type": "task-started", "uuid": "poison"}'),
+        )
+        wait_until(lambda: src.counters.sink_failures >= 2, what="the retries")
+        time.sleep(0.4)  # given up by now
+        publish_raw(
+            server.url(0), 0, "task.started", envelope(b'{"type": "task-started", "uuid": "next"}')
+        )
+        wait_until(lambda: taken == ["next"], what="the stream after the dropped batch")
+        assert "sink bug" in (src.counters.last_error or "")
     finally:
         src.close()
 
