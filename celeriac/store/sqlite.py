@@ -246,9 +246,9 @@ class SqliteStore(BatchingStore):
         self, batch: dict[str, TaskRecord], workers: dict[str, dict[str, Any]]
     ) -> None:
         done = self._writer.write(list(batch.values()), workers)
-        self._after_restart()
         self._count = done.count
-        self._count_values(done.tally)
+        if not self._after_restart():  # else the tallies read include this batch
+            self._count_values(done.tally)
         if done.names or done.workers:
             self._add_names(done.names, done.workers)
 
@@ -262,18 +262,28 @@ class SqliteStore(BatchingStore):
             self._write_failed(exc)
             return
         self._count = done.count
-        self._count_values(done.tally)
+        if not self._after_restart():
+            self._count_values(done.tally)
         self._pruned += done.deleted
         if done.failure is not None:
             self._write_failed(WriterError(*done.failure))
+        elif self._failing:  # what failed was retention (a failed batch would be pending)
+            self._log.warning("writing to the %s works again", self.where)
+            self._failing = False
 
-    def _after_restart(self) -> None:
-        """After the writer process died and a new one started: a batch it committed but
-        could not confirm was counted in no tally, so count them again (rare; one scan)."""
+    def _after_restart(self) -> bool:
+        """After the writer process died and a new one started: a batch (or deletions) it
+        committed but could not confirm was counted in no tally, so count them again (rare;
+        one scan). True when it did: the tallies then include what the new one just did."""
         starts = getattr(self._writer, "starts", 1)
-        if starts > self._writer_starts:
-            self._writer_starts = starts
+        if starts <= self._writer_starts:
+            return False
+        try:
             self._tally = self._read_tally(self._reader())
+        except (sqlite3.Error, StoreError):  # (closing) read again after the next call
+            return False
+        self._writer_starts = starts
+        return True
 
     def _count_values(self, changes: Counter[tuple[str, Any]]) -> None:
         for (column, value), n in changes.items():

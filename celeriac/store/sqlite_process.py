@@ -10,7 +10,10 @@ ingest process only pickles each batch (about 1 µs a task).
 
 The protocol is a request and its reply at a time over the child's stdin/stdout, each a pickle
 after its length: ``("write", records, workers)``, ``("prune", budget, max_tasks, max_age)``
-and ``("close",)``; the replies are ``("ok", result)`` or ``("error", kind, text)``. The
+and ``("close",)``; the replies are ``("ok", result)`` or ``("error", kind, text)``. A batch
+holding a value the child cannot rebuild (an object of a class only the parent knows) gets
+the error :data:`UNREADABLE` and is sent again with every value plain, as the writer thread
+would have stored it: one bad value never stops the history. The
 parent's writer thread is the only caller, so one request is in flight at a time, and a batch
 is committed when ``write`` returns, as with the writer thread alone (``put_mark`` holds).
 
@@ -26,6 +29,7 @@ progress.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import signal
@@ -39,6 +43,21 @@ from celeriac.store.base import TaskRecord, plain
 from celeriac.store.sqlite_write import Pruned, SqliteWriter, Written, error_name
 
 _HEADER = struct.Struct("!Q")
+#: The error kind of a request the child could not unpickle.
+UNREADABLE = "UnreadableRequest"
+# The child's start: its module from the parent's celeriac (``root``), and never from the
+# parent's working directory, which ``python -m`` or ``-c`` would put first on sys.path: a
+# ``json.py`` or another celeriac checkout there must not replace what the child imports.
+_BOOT = (
+    "import sys\n"
+    "root = sys.argv.pop(1)\n"
+    "if sys.path[:1] == ['']:\n"
+    "    del sys.path[0]\n"
+    "if root not in sys.path:\n"
+    "    sys.path.insert(0, root)\n"
+    "from celeriac.store.sqlite_process import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
 #: The writer's CPU priority below the event reader's: on a busy machine the history may lag
 #: a few batches behind (``max_pending`` bounds how many), events are read on time.
 NICE = 10
@@ -78,6 +97,12 @@ def _picklable(records: list[TaskRecord]) -> list[TaskRecord]:
     return [{k: v if k == "children" else plain(v) for k, v in r.items()} for r in records]
 
 
+def _plain_workers(workers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The workers' states as the writer stores them (JSON, anything else as its ``str``):
+    still dicts, not their ``str`` (the API reads them back as objects)."""
+    return {h: json.loads(json.dumps(i, default=str)) for h, i in workers.items()}
+
+
 class WriterProcess:
     """A :class:`SqliteWriter` in a child process, with the same ``write``, ``prune`` and
     ``close``; started at the first call, and again after it died."""
@@ -87,6 +112,7 @@ class WriterProcess:
         self.recent_max = recent_max
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._closed = False  # then no child is started again
         self.starts = 0  # children started: more than one means one died
 
     @property
@@ -95,14 +121,23 @@ class WriterProcess:
         return None if proc is None else proc.pid
 
     def write(self, records: list[TaskRecord], workers: dict[str, dict[str, Any]]) -> Written:
+        result: Written
         try:
             data = pickle.dumps(("write", records, workers), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
-            data = pickle.dumps(
-                ("write", _picklable(records), {h: plain(i) for h, i in workers.items()}),
-                protocol=pickle.HIGHEST_PROTOCOL,
-            )
-        result: Written = self._call(data)
+            pass  # a value pickle refuses: sent plain, below
+        else:
+            try:
+                result = self._call(data)
+                return result
+            except WriterError as exc:
+                if exc.sqlite_errorname != UNREADABLE:
+                    raise
+        data = pickle.dumps(
+            ("write", _picklable(records), _plain_workers(workers)),
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+        result = self._call(data)
         return result
 
     def prune(self, budget: float, max_tasks: int | None, max_age: float | None) -> Pruned:
@@ -111,6 +146,7 @@ class WriterProcess:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             proc, self._proc = self._proc, None
             if proc is None:
                 return
@@ -130,6 +166,8 @@ class WriterProcess:
 
     def _call(self, request: bytes) -> Any:
         with self._lock:
+            if self._closed:  # a child started now would outlive the store, never closed
+                raise WriterError("WriterClosed", f"the writer of {self.path} is closed")
             proc = self._proc or self._start()
             assert proc.stdin is not None and proc.stdout is not None
             try:
@@ -150,15 +188,12 @@ class WriterProcess:
 
     def _start(self) -> subprocess.Popen[bytes]:
         """The child, once it has opened the database (or the error it met doing so)."""
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        command = [sys.executable, "-m", __name__, self.path, str(self.recent_max)]
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        command = [sys.executable, "-c", _BOOT, root, self.path, str(self.recent_max)]
         proc = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=env,
             start_new_session=True,  # a Ctrl-C in a terminal reaches the parent, not it
             close_fds=True,
         )
@@ -203,7 +238,11 @@ def main(argv: list[str]) -> int:
         return 1
     _send(stdout, ("ok", writer.count))
     while True:
-        request = _receive(stdin)
+        try:
+            request = _receive(stdin)
+        except Exception as exc:  # read whole, so the stream is still in step: say so
+            _send(stdout, ("error", UNREADABLE, f"{type(exc).__name__}: {exc}"))
+            continue
         if request is None or request[0] == "close":
             writer.close()
             return 0

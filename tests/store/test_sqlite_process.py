@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,137 @@ def test_values_pickle_or_sqlite_cannot_take_are_stored_as_text(tmp_path: Path, 
     assert got is not None and got["args"] == str(bad)
     assert store.stats()["write_errors"] == {}
     store.close()
+
+
+def tallies_in(path: str) -> dict[str, dict[object, int]]:
+    with sqlite3.connect(path) as conn:
+        return {
+            c: dict(conn.execute(f"SELECT {c}, count(*) FROM tasks GROUP BY {c}"))
+            for c in ("state", "name", "worker")
+        }
+
+
+def test_the_tallies_stay_exact_when_a_new_writer_process_writes_the_next_batch(
+    tmp_path: Path,
+):
+    # The store reads the tallies again after a restart (the dead writer may have committed
+    # a batch it never confirmed); the first batch of the new writer is in what it reads, and
+    # must not be counted a second time on top.
+    path = str(tmp_path / "t.sqlite3")
+    store = SqliteStore(path, flush_interval=0.01)
+    store.start()
+    for i in range(100):
+        store.put(make(i))
+    assert store.flush(timeout=10)
+    os.kill(store._writer.pid, signal.SIGKILL)
+    for i in range(100, 150):
+        store.put(make(i))
+    assert store.flush(timeout=10)
+    assert store._writer.starts == 2
+    stored = tallies_in(path)
+    assert store.count() == 150
+    assert sum(store.count_by_state().values()) == 150
+    assert {c: {v: n for v, n in t.items() if n} for c, t in store._tally.items()} == stored
+    store.close()
+
+
+def test_the_tallies_are_read_again_when_retention_starts_the_new_writer_process(
+    tmp_path: Path,
+):
+    # A writer killed while pruning may have committed deletions it never reported; when the
+    # next call is retention's (nothing to write), the counts must come from the file too.
+    path = str(tmp_path / "t.sqlite3")
+    store = SqliteStore(path, max_tasks=10_000, flush_interval=3600)  # cycles when flushed
+    store.start()
+    for i in range(100):
+        store.put(make(i, state="SUCCESS"))
+    assert store.flush(timeout=10)
+    os.kill(store._writer.pid, signal.SIGKILL)
+    assert wait_gone(store._writer.pid)
+    with sqlite3.connect(path) as conn:  # what the killed writer committed unconfirmed
+        conn.execute("DELETE FROM tasks WHERE uuid < 'task-00030'")  # (its text index: unused)
+        conn.execute("UPDATE meta SET value = value - 30 WHERE key = 'task_count'")
+    # Nothing pending: only retention calls the writer; the first call finds it dead, the
+    # next one starts another, and then writing works again.
+    assert store.flush(timeout=10)
+    assert store._writer.starts == 2
+    assert store.stats()["write_errors"] == {"WriterExited": 1}
+    assert not store.stats()["failing"]
+    assert store.count() == 70
+    assert store.count_by_state() == {"SUCCESS": 70}
+    store.close()
+
+
+@pytest.fixture
+def parent_only_class():
+    """A class pickle finds in this process, in a module no other process can import."""
+    module = types.ModuleType("celeriac_test_parent_only")
+
+    class Opaque:
+        def __repr__(self) -> str:
+            return "Opaque()"
+
+    Opaque.__module__, Opaque.__qualname__ = module.__name__, "Opaque"
+    module.Opaque = Opaque  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    yield Opaque
+    del sys.modules[module.__name__]
+
+
+def test_a_value_the_writer_process_cannot_unpickle_is_stored_as_text(
+    tmp_path: Path, parent_only_class
+):
+    path = str(tmp_path / "t.sqlite3")
+    store = SqliteStore(path, flush_interval=0.01)
+    store.start()
+    store.put(make(1, args=parent_only_class()))
+    store.put(make(2))
+    assert store.flush(timeout=20)  # not a writer that dies on the batch, again and again
+    assert store.get("task-00001")["args"] == "Opaque()"
+    assert stored_uuids(path) == {"task-00001", "task-00002"}
+    assert store.stats()["write_errors"] == {}
+    assert store._writer.starts == 1
+    store.close()
+
+
+@pytest.mark.parametrize("bad", [lambda: 1, "parent-only"])
+def test_workers_stay_objects_when_their_batch_is_sent_plain(
+    tmp_path: Path, bad, parent_only_class
+):
+    value = parent_only_class() if bad == "parent-only" else bad
+    store = SqliteStore(str(tmp_path / "t.sqlite3"))
+    store.put_worker("w1@h", {"hostname": "w1@h", "active": 2, "odd": parent_only_class()})
+    store.put(make(1, args=value))
+    assert store.flush()
+    assert store.workers() == {"w1@h": {"hostname": "w1@h", "active": 2, "odd": "Opaque()"}}
+    store.close()
+
+
+def test_the_writer_process_imports_nothing_from_the_working_directory(tmp_path: Path, monkeypatch):
+    # `celeriac` (a console script) never has its working directory on sys.path; its writer
+    # must not either: a json.py there, or another celeriac checkout, is not what it runs.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "json.py").write_text("raise ImportError('json.py from the working directory')\n")
+    monkeypatch.chdir(cwd)
+    path = str(tmp_path / "t.sqlite3")
+    store = SqliteStore(path)
+    store.put(make(1))
+    assert store.flush(), store.stats()["last_error"]
+    assert stored_uuids(path) == {"task-00001"}
+    store.close()
+
+
+def test_a_closed_store_starts_no_writer_process_again(tmp_path: Path):
+    path = str(tmp_path / "t.sqlite3")
+    store = SqliteStore(path)  # never started: flush() writes on the caller's thread
+    store.put(make(1))
+    assert store.flush()
+    first = store._writer.pid
+    assert first is not None
+    store.close()
+    assert wait_gone(first)
+    store.put(make(2))  # too late: nothing may outlive close(), nor write after it
+    assert not store.flush()
+    assert store._writer.pid is None and store._writer.starts == 1
+    assert stored_uuids(path) == {"task-00001"}
