@@ -7,6 +7,7 @@ command line can be switched to celeriac by changing the program name.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import sys
 from collections.abc import Callable
@@ -33,9 +34,9 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--cluster-result-backend", "cluster_result_backends", multiple=True,
                      metavar="NAME=URL", help="The result backend of cluster NAME (repeatable)."),
         click.option("--default-cluster", "default_cluster", metavar="NAME",
-                     help="The cluster at Flower's paths: the name of --broker's cluster "
-                          "[default], or without --broker one of the --cluster names [the "
-                          "first]."),
+                     help="The cluster at Flower's paths: the name of --broker's (or -A's) "
+                          "cluster [default], or without either one of the --cluster names "
+                          "[the first]."),
         click.option("--address", help="Address to listen on [127.0.0.1]."),
         click.option("--port", type=int, help="Port to listen on [5555]."),
         click.option("--url-prefix", "--url_prefix", "url_prefix",
@@ -222,6 +223,21 @@ def demo(port: int, workers: int, rate: float) -> None:
 def celery_command(ctx: click.Context, **flags: Any) -> None:
     """celeriac as a Celery subcommand: ``celery -A proj celeriac``."""
     app = ctx.obj.app if ctx.obj is not None else None
-    if app is not None and not flags.get("broker"):
-        flags["broker"] = app.conf.broker_url
+    if app is not None:
+        # celery's -b and --result-backend reach the app as CELERY_BROKER_URL and
+        # CELERY_RESULT_BACKEND, which every app in the process reads before its own setting
+        # (each --cluster would watch -b's broker): made the -A app's flags, then dropped.
+        for flag, setting, variable in (
+            ("broker", "broker_url", "CELERY_BROKER_URL"),
+            ("result_backend", "result_backend", "CELERY_RESULT_BACKEND"),
+        ):
+            if not flags.get(flag):
+                flags[flag] = getattr(app.conf, setting) or None
+            os.environ.pop(variable, None)
+    named = ctx.find_root().params.get("app")
+    if app is not None and isinstance(named, str) and named:
+        # -A's app is the default cluster even if it names no broker (then that is the one
+        # clear error): with --cluster it was otherwise dropped, the first --cluster served
+        # at its place.
+        flags["app"] = named
     _serve(flags, app=app)
