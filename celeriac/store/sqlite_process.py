@@ -20,7 +20,11 @@ is committed when ``write`` returns, as with the writer thread alone (``put_mark
 If the child dies (killed, out of memory), the call raises :class:`WriterError` and the batch
 goes back to the pending ones (``store/writer.py``); the next call starts a new child, which
 reads the database afresh: nothing committed is lost, nothing uncommitted was acknowledged.
-The child runs at a lower CPU priority (:data:`NICE`), and ignores SIGINT and SIGTERM, which
+A child that dies again at once (it cannot open the database, say) is not started again at
+every flush: after the second failure in a row the next start waits, 0.5 s doubling up to
+:data:`RESTART_MAX` (each start costs ~0.1 s of CPU, measured), and the calls meanwhile fail
+with the last error. The child runs at a lower CPU priority (:data:`NICE`), and ignores SIGINT
+and SIGTERM, which
 a terminal or a service manager sends to every process of the group: it exits when the parent
 closes it, or when its stdin reaches EOF (the parent is gone), after the transaction in
 progress.
@@ -37,7 +41,8 @@ import struct
 import subprocess
 import sys
 import threading
-from typing import IO, Any
+import time
+from typing import IO, Any, NoReturn
 
 from celeriac.store.base import TaskRecord, plain
 from celeriac.store.sqlite_write import Pruned, SqliteWriter, Written, error_name
@@ -58,6 +63,8 @@ _BOOT = (
     "from celeriac.store.sqlite_process import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
+#: The longest pause between two starts of a writer process that keeps failing, in seconds.
+RESTART_MAX = 30.0
 #: The writer's CPU priority below the event reader's: on a busy machine the history may lag
 #: a few batches behind (``max_pending`` bounds how many), events are read on time.
 NICE = 10
@@ -114,6 +121,9 @@ class WriterProcess:
         self._lock = threading.Lock()
         self._closed = False  # then no child is started again
         self.starts = 0  # children started: more than one means one died
+        self._failures = 0  # in a row: the child gone, or not started
+        self._retry_at = 0.0  # (monotonic) no start before then
+        self._gone: tuple[str, str] = ("WriterExited", "")
 
     @property
     def pid(self) -> int | None:
@@ -168,6 +178,8 @@ class WriterProcess:
         with self._lock:
             if self._closed:  # a child started now would outlive the store, never closed
                 raise WriterError("WriterClosed", f"the writer of {self.path} is closed")
+            if self._proc is None and time.monotonic() < self._retry_at:
+                raise WriterError(*self._gone)
             proc = self._proc or self._start()
             assert proc.stdin is not None and proc.stdout is not None
             try:
@@ -179,9 +191,8 @@ class WriterProcess:
                 reply = None
             if reply is None:
                 self._reap(proc)
-                raise WriterError(
-                    "WriterExited", f"the writer process exited (code {proc.returncode})"
-                )
+                self._gave_up("WriterExited", f"the writer process exited (code {proc.returncode})")
+            self._failures = 0
             if reply[0] == "ok":
                 return reply[1]
             raise WriterError(reply[1], reply[2])
@@ -203,9 +214,18 @@ class WriterProcess:
         if reply is None or reply[0] != "ok":
             self._reap(proc)
             kind, text = (reply[1], reply[2]) if reply else ("WriterExited", "no answer")
-            raise WriterError(kind, f"the writer process could not start: {text}")
+            self._gave_up(kind, f"the writer process could not start: {text}")
         self._proc = proc
         return proc
+
+    def _gave_up(self, kind: str, text: str) -> NoReturn:
+        """Raise the failure; and after the second in a row, wait before the next start."""
+        self._failures += 1
+        if self._failures > 1:
+            pause = min(RESTART_MAX, 0.5 * 2 ** min(self._failures - 2, 16))
+            self._retry_at = time.monotonic() + pause
+            self._gone = (kind, f"{text}; started again in at most {pause:g} s")
+        raise WriterError(kind, text)
 
     def _reap(self, proc: subprocess.Popen[bytes]) -> None:
         self._proc = None

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
+import urllib.parse
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -155,9 +157,11 @@ class SqliteWriter:
 
     @classmethod
     def open(cls, path: str, recent_max: int) -> SqliteWriter:
-        """A writer on its own connection to the (already migrated) database at ``path``."""
+        """A writer on its own connection to the (already migrated) database at ``path``; one
+        that is gone (deleted under the running monitor) is an error, not a new empty file."""
+        uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw"
         conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, cached_statements=256
+            uri, isolation_level=None, check_same_thread=False, cached_statements=256, uri=True
         )
         try:
             configure(conn)

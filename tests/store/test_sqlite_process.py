@@ -4,6 +4,7 @@ process) in test_sqlite.py and test_stores.py."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -282,3 +283,24 @@ def test_a_closed_store_starts_no_writer_process_again(tmp_path: Path):
     assert not store.flush()
     assert store._writer.pid is None and store._writer.starts == 1
     assert stored_uuids(path) == {"task-00001"}
+
+
+def test_a_writer_process_that_cannot_start_is_retried_with_pauses_and_creates_no_file(
+    tmp_path: Path, caplog
+):
+    # The database deleted under the running monitor: each start costs ~0.1 s of CPU, and a
+    # new empty file would be what the readers then open.
+    path = str(tmp_path / "t.sqlite3")
+    store = SqliteStore(path, flush_interval=0.01)
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
+    store.start()
+    store.put(make(1))
+    with caplog.at_level(logging.ERROR, logger="celeriac.store.sqlite"):
+        time.sleep(3)  # ~300 flushes
+    assert 2 <= store._writer.starts <= 5  # at 0, at once, then 0.5 s, 1 s, 2 s later
+    assert not os.path.exists(path)
+    assert store.stats()["failing"]
+    assert any("could not start" in r.getMessage() for r in caplog.records)
+    store.close()
