@@ -54,6 +54,7 @@ UNREADABLE = "UnreadableRequest"
 # parent's working directory, which ``python -m`` or ``-c`` would put first on sys.path: a
 # ``json.py`` or another celeriac checkout there must not replace what the child imports.
 _BOOT = (
+    "# celeriac.store.sqlite_process: the SQLite writer (named so for ps and top)\n"
     "import sys\n"
     "root = sys.argv.pop(1)\n"
     "if sys.path[:1] == ['']:\n"
