@@ -42,6 +42,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from typing import IO, Any, NoReturn
 
 from celeriac.store.base import TaskRecord, plain
@@ -111,6 +112,16 @@ def _plain_workers(workers: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
     return {h: json.loads(json.dumps(i, default=str)) for h, i in workers.items()}
 
 
+def _let_go(proc: subprocess.Popen[bytes]) -> None:
+    """Close a child's pipes when its :class:`WriterProcess` is dropped without ``close()``:
+    it then exits at EOF (subprocess reaps it later) instead of living as long as this
+    process, holding the database and two descriptors here."""
+    for stream in (proc.stdin, proc.stdout):
+        with contextlib.suppress(OSError):
+            if stream is not None:
+                stream.close()
+
+
 class WriterProcess:
     """A :class:`SqliteWriter` in a child process, with the same ``write``, ``prune`` and
     ``close``; started at the first call, and again after it died."""
@@ -125,6 +136,7 @@ class WriterProcess:
         self._failures = 0  # in a row: the child gone, or not started
         self._retry_at = 0.0  # (monotonic) no start before then
         self._gone: tuple[str, str] = ("WriterExited", "")
+        self._finalizer: weakref.finalize | None = None  # see _let_go
 
     @property
     def pid(self) -> int | None:
@@ -158,6 +170,7 @@ class WriterProcess:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._forget()
             proc, self._proc = self._proc, None
             if proc is None:
                 return
@@ -217,7 +230,13 @@ class WriterProcess:
             kind, text = (reply[1], reply[2]) if reply else ("WriterExited", "no answer")
             self._gave_up(kind, f"the writer process could not start: {text}")
         self._proc = proc
+        self._finalizer = weakref.finalize(self, _let_go, proc)
         return proc
+
+    def _forget(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
 
     def _gave_up(self, kind: str, text: str) -> NoReturn:
         """Raise the failure; and after the second in a row, wait before the next start."""
@@ -229,6 +248,7 @@ class WriterProcess:
         raise WriterError(kind, text)
 
     def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+        self._forget()
         self._proc = None
         for stream in (proc.stdin, proc.stdout):
             try:

@@ -5,6 +5,7 @@ process) in test_sqlite.py and test_stores.py."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -304,3 +305,18 @@ def test_a_writer_process_that_cannot_start_is_retried_with_pauses_and_creates_n
     assert store.stats()["failing"]
     assert any("could not start" in r.getMessage() for r in caplog.records)
     store.close()
+
+
+def test_a_store_dropped_without_close_does_not_leave_its_writer_process_running(
+    tmp_path: Path,
+):
+    path = str(tmp_path / "t.sqlite3")
+    store = SqliteStore(path)
+    store.put(make(1))
+    assert store.flush()
+    pid = store._writer.pid
+    assert pid is not None
+    del store
+    gc.collect()
+    assert wait_gone(pid)  # its pipes closed: it saw EOF and exited
+    assert stored_uuids(path) == {"task-00001"}
