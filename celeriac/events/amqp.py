@@ -155,7 +155,6 @@ class AmqpEventSource:
         # each batch handed to the sink and not acked yet, oldest first.
         self._ack_when = ack_when
         self._unacked: deque[tuple[int, int]] = deque()
-        self._sink_error_logged = 0.0
         self.current_queue: str | None = None  # the queue consumed now (per-run ones change)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -314,11 +313,7 @@ class AmqpEventSource:
             try:
                 self._sink(out.events)
             except Exception as exc:  # the sink's bug must not cost us the stream
-                counters.sink_failures += 1
-                counters.last_error = f"sink: {type(exc).__name__}: {exc}"
-                now = time.monotonic()
-                if now - self._sink_error_logged > 10.0:
-                    self._sink_error_logged = now
+                if counters.sink_failed(exc):
                     log.exception("amqp events: the sink failed on a batch (logged once per 10 s)")
                 if channel is not None and self._ack_when is not None:
                     # A stable queue promises that nothing is lost: leave the batch unacked and

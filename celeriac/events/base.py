@@ -8,9 +8,12 @@ An event source reads the cluster's events from one transport, decodes them, fla
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
+
+SINK_LOG_EVERY_S = 10.0
 
 Event = dict[str, Any]
 EventSink = Callable[[list[Event]], None]
@@ -30,6 +33,18 @@ class IngestCounters:
     connected: bool = False
     last_error: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _sink_logged: float = field(default=-SINK_LOG_EVERY_S, repr=False, compare=False)
+
+    def sink_failed(self, exc: Exception) -> bool:
+        """Count a batch the sink refused; True when it should be logged (once per
+        SINK_LOG_EVERY_S: a store down for minutes must not flood the log)."""
+        self.sink_failures += 1
+        self.last_error = f"sink: {type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if now - self._sink_logged < SINK_LOG_EVERY_S:
+            return False
+        self._sink_logged = now
+        return True
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}

@@ -191,7 +191,6 @@ class RedisEventSource:
         self._queue: queue.SimpleQueue[bytearray | hiredis.Reader | None] = queue.SimpleQueue()
         self._bytes_read = 0  # written by the net thread only
         self._bytes_done = 0  # written by the decode thread only
-        self._sink_error_logged = 0.0
         self._backlog_logged = 0.0
 
     @property
@@ -444,13 +443,9 @@ class RedisEventSource:
                 self._sink(out.events)
                 return
             except Exception as exc:  # the sink's bug must not cost us the stream
-                counters.sink_failures += 1
-                counters.last_error = f"sink: {type(exc).__name__}: {exc}"
-                now = time.monotonic()
-                if now - self._sink_error_logged > 10.0:
-                    self._sink_error_logged = now
+                if counters.sink_failed(exc):
                     log.exception("redis events: the sink failed on a batch (logged once per 10 s)")
-                if now >= deadline or self._stop.wait(pause):
+                if time.monotonic() >= deadline or self._stop.wait(pause):
                     log.error(
                         "redis events: %d events dropped: the state could not take them for %.0f s",
                         len(out.events),
