@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import Celery
 
+from celeriac.broker import broker_url
 from celeriac.control import INSPECT_ALWAYS, INSPECT_DETAIL, Control
 from celeriac.enable_events import EventsSwitch
 from celeriac.events.base import EventSource
@@ -73,20 +74,28 @@ def separate_app(app: Celery) -> Celery:
         if name.startswith("celery."):
             continue  # the new app has its own built-in tasks
         cls = type(task)
-        bound: Any = type(cls.__name__, (cls,), {"__module__": cls.__module__, "app": copy,
-                                                 "_app": copy})
+        bound: Any = type(
+            cls.__name__, (cls,), {"__module__": cls.__module__, "app": copy, "_app": copy}
+        )
         bound.bind(copy)
         copy.tasks.register(bound())
     return copy
 
 
 def configure_app(app: Celery, settings: Settings) -> Celery:
-    """Apply the flags that override the app's own configuration."""
+    """Apply the flags that override the app's own configuration.
+
+    Celery reads ``CELERY_BROKER_URL`` and ``CELERY_RESULT_BACKEND`` (often left in the
+    environment for the workers) before its own settings, so a flag set only there would lose
+    to them: the broker's read and write URLs (see ``celeriac/broker.py``) and the app's
+    backend URL, which Celery reads first, carry the flags instead."""
     if settings.broker:
         app.conf.broker_url = settings.broker
+        app.conf.broker_read_url = app.conf.broker_write_url = settings.broker
     if settings.result_backend:
         app.conf.result_backend = settings.result_backend
-    if not app.conf.broker_url:
+        app.backend_cls = settings.result_backend  # read before the variable
+    if not broker_url(app):
         raise SettingsError("broker: no broker URL (give --broker or CELERIAC_BROKER)")
     app.conf.broker_connection_retry_on_startup = True
     return app
@@ -148,8 +157,8 @@ class Cluster:
         self.settings = settings
         self.name = name  # with several clusters (celeriac/clusters.py), its --cluster name
         self.app = configure_app(app, settings) if app is not None else load_app(settings)
-        self.broker_url = redact_url(self.app.conf.broker_url or "")
-        self.store = open_store(settings, self.app.conf.broker_url or "")
+        self.broker_url = redact_url(broker_url(self.app))
+        self.store = open_store(settings, broker_url(self.app))
         self.state = State(self.store)
         self.control = Control(self.app, settings.inspect_timeout_s)
         self.source = open_source(settings, self.app, self.state, self.control)
@@ -157,9 +166,11 @@ class Cluster:
         self.leadership: Leadership | None = leadership_for(self)
         # Flower's --enable_events: workers without -E send task events (an ingesting
         # instance asks; a follower's leader does it for it).
-        self.events_switch = EventsSwitch(
-            self.app, wanted=lambda: self.role != FOLLOWER, label=name or ""
-        ) if settings.enable_events else None
+        self.events_switch = (
+            EventsSwitch(self.app, wanted=lambda: self.role != FOLLOWER, label=name or "")
+            if settings.enable_events
+            else None
+        )
         self.store_changes = 0  # a follower counts the leader's writes here (live pages)
         # Worker details from inspect replies, kept across refreshes: {hostname: info}.
         self.worker_info: dict[str, dict[str, Any]] = {}
@@ -199,7 +210,7 @@ class Cluster:
 
     @property
     def role(self) -> str:
-        """"leader" or "follower" on a shared store, "single" otherwise."""
+        """ "leader" or "follower" on a shared store, "single" otherwise."""
         return "single" if self.leadership is None else self.leadership.role
 
     def close(self) -> None:

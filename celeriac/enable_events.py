@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 from celery import Celery
 
+from celeriac.broker import broker_url
+
 log = logging.getLogger("celeriac")
 
 #: Seconds between two broadcasts (Flower's 5 s).
@@ -72,8 +74,12 @@ class EventsSwitch:
         self._drop()
 
     def _run(self) -> None:
-        log.info("enable_events%s: asking the workers for task events every %g s while "
-                 "ingesting (--no-enable-events to leave them alone)", self._where, self.interval)
+        log.info(
+            "enable_events%s: asking the workers for task events every %g s while "
+            "ingesting (--no-enable-events to leave them alone)",
+            self._where,
+            self.interval,
+        )
         while not self._stop.is_set():
             try:
                 wanted = self.wanted()
@@ -89,8 +95,11 @@ class EventsSwitch:
             if self._conn is None:
                 self._conn = self.app.connection_for_write()
             self._conn.ensure_connection(max_retries=1, interval_start=0.5, timeout=5)
-            waiting = threading.Timer(SLOW, self._complain, (
-                f"still waiting for the broker after {SLOW:g} s (kombu keeps reconnecting)",))
+            waiting = threading.Timer(
+                SLOW,
+                self._complain,
+                (f"still waiting for the broker after {SLOW:g} s (kombu keeps reconnecting)",),
+            )
             waiting.daemon = True
             waiting.start()
             try:
@@ -109,7 +118,7 @@ class EventsSwitch:
 
     def _scrub(self, text: str) -> str:
         """The broker's password never reaches a log line, whatever an error quotes."""
-        for url in str(self.app.conf.broker_url or "").split(";"):
+        for url in broker_url(self.app).split(";"):
             with contextlib.suppress(ValueError):
                 password = urlsplit(url.strip()).password
                 if password:
@@ -123,8 +132,12 @@ class EventsSwitch:
     def _complain(self, reason: str) -> None:
         if reason != self._trouble:
             self._trouble = reason
-            log.warning("cannot broadcast enable_events%s: %s; retrying every %g s",
-                        self._where, reason, self.interval)
+            log.warning(
+                "cannot broadcast enable_events%s: %s; retrying every %g s",
+                self._where,
+                reason,
+                self.interval,
+            )
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

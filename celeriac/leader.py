@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from celeriac.broker import broker_url
 from celeriac.settings import Settings, redact_url
 from celeriac.store.base import StoreError
 
@@ -81,7 +82,7 @@ def leadership_for(cluster: Cluster) -> Leadership | None:
     store = cluster.store
     if not isinstance(store, PostgresStore):  # a test's own store
         return None
-    identity = cluster_identity(cluster.app.conf.broker_url or "")
+    identity = cluster_identity(broker_url(cluster.app))
     schema = schema_of(url)
     if schema:  # one of several clusters (--cluster): the lock is its store's, not the broker's
         identity = f"{identity} [{schema}]"
