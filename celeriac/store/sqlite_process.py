@@ -21,10 +21,10 @@ If the child dies (killed, out of memory), the call raises :class:`WriterError` 
 goes back to the pending ones (``store/writer.py``); the next call starts a new child, which
 reads the database afresh: nothing committed is lost, nothing uncommitted was acknowledged.
 A child that dies again at once (it cannot open the database, say) is not started again at
-every flush: after the second failure in a row the next start waits, 0.5 s doubling up to
+every flush: after the third failure in a row the next start waits, 0.5 s doubling up to
 :data:`RESTART_MAX` (each start costs ~0.1 s of CPU, measured), and the calls meanwhile fail
-with the last error. The child runs at a lower CPU priority (:data:`NICE`), and ignores SIGINT
-and SIGTERM, which
+with the last error (after one or two, a closing store's last flushes still start a new one).
+The child runs at a lower CPU priority (:data:`NICE`), and ignores SIGINT and SIGTERM, which
 a terminal or a service manager sends to every process of the group: it exits when the parent
 closes it, or when its stdin reaches EOF (the parent is gone), after the transaction in
 progress.
@@ -239,10 +239,10 @@ class WriterProcess:
             self._finalizer = None
 
     def _gave_up(self, kind: str, text: str) -> NoReturn:
-        """Raise the failure; and after the second in a row, wait before the next start."""
+        """Raise the failure; and after the third in a row, wait before the next start."""
         self._failures += 1
-        if self._failures > 1:
-            pause = min(RESTART_MAX, 0.5 * 2 ** min(self._failures - 2, 16))
+        if self._failures > 2:
+            pause = min(RESTART_MAX, 0.5 * 2 ** min(self._failures - 3, 16))
             self._retry_at = time.monotonic() + pause
             self._gone = (kind, f"{text}; started again in at most {pause:g} s")
         raise WriterError(kind, text)
