@@ -244,6 +244,9 @@ class BatchingStore:
                 self._cycled.notify_all()
         if self._writing:
             self._drain()
+        with self._cycled:  # a flush() waiting through close() returns now, not at its timeout
+            self._cycles += 2
+            self._cycled.notify_all()
 
     def _drain(self) -> bool:
         """Flush until nothing is pending; give up after a few failures (at close)."""

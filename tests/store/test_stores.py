@@ -169,6 +169,29 @@ def test_put_is_visible_at_once_and_coalesced(backend):
     store.close()
 
 
+def test_a_flush_waiting_while_the_store_closes_returns_once_it_is_written(backend):
+    # The leader flushes on its way out while the server closes the store: the flush must
+    # return with the close's final write, not wait out its whole timeout.
+    store = backend.open(flush_interval=10)  # no cycle of its own meanwhile
+    store.start()
+    for i in range(50):
+        store.put(make(i))
+    answer: list[bool] = []
+    waiter = threading.Thread(target=lambda: answer.append(store.flush(timeout=60)))
+    store._stopping.set()  # as close() does first, so the flush waits for the final drain
+    started = time.monotonic()
+    waiter.start()
+    time.sleep(0.5)  # the flush is waiting
+    store.close()
+    waiter.join(30)
+    assert answer == [True] and time.monotonic() - started < 20
+    again = backend.open()
+    try:
+        assert again.count() == 50
+    finally:
+        again.close()
+
+
 def test_close_flushes_and_reopen_keeps_everything(backend):
     store = backend.open(flush_interval=10)  # the interval never elapses: close must flush
     store.start()
