@@ -13,9 +13,9 @@ after its length: ``("write", records, workers)``, ``("prune", budget, max_tasks
 and ``("close",)``; the replies are ``("ok", result)`` or ``("error", kind, text)``. A batch
 holding a value the child cannot rebuild (an object of a class only the parent knows) gets
 the error :data:`UNREADABLE` and is sent again with every value plain, as the writer thread
-would have stored it: one bad value never stops the history. The
-parent's writer thread is the only caller, so one request is in flight at a time, and a batch
-is committed when ``write`` returns, as with the writer thread alone (``put_mark`` holds).
+would have stored it: one bad value never stops the history. The parent's writer thread is
+the only caller, so one request is in flight at a time, and a batch is committed when
+``write`` returns, as with the writer thread alone (``put_mark`` holds).
 
 If the child dies (killed, out of memory), the call raises :class:`WriterError` and the batch
 goes back to the pending ones (``store/writer.py``); the next call starts a new child, which
@@ -170,23 +170,13 @@ class WriterProcess:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._forget()
-            proc, self._proc = self._proc, None
+            proc = self._proc
             if proc is None:
                 return
-            try:
+            with contextlib.suppress(OSError):
                 assert proc.stdin is not None
-                _send(proc.stdin, ("close",))
-                proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+                _send(proc.stdin, ("close",))  # it writes nothing more and exits
+            self._reap(proc, timeout=30)
 
     def _call(self, request: bytes) -> Any:
         with self._lock:
@@ -247,17 +237,14 @@ class WriterProcess:
             self._gone = (kind, f"{text}; started again in at most {pause:g} s")
         raise WriterError(kind, text)
 
-    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+    def _reap(self, proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+        """Close the child's pipes (it exits at EOF, if not already gone) and wait for it;
+        killed if it takes longer than ``timeout``."""
         self._forget()
         self._proc = None
-        for stream in (proc.stdin, proc.stdout):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
+        _let_go(proc)
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
