@@ -47,13 +47,19 @@ def stored_uuids(path: str) -> set[str]:
         return {r[0] for r in conn.execute("SELECT uuid FROM tasks")}
 
 
-def test_the_writer_runs_in_another_process_and_the_store_reads_what_it_wrote(tmp_path: Path):
-    path = str(tmp_path / "t.sqlite3")
+def written(path: str, n: int) -> SqliteStore:
+    """A started store whose writer process has written tasks 0 to n - 1."""
     store = SqliteStore(path, flush_interval=0.01)
     store.start()
-    for i in range(300):
+    for i in range(n):
         store.put(make(i))
     assert store.flush(timeout=10)
+    return store
+
+
+def test_the_writer_runs_in_another_process_and_the_store_reads_what_it_wrote(tmp_path: Path):
+    path = str(tmp_path / "t.sqlite3")
+    store = written(path, 300)
     pid = store._writer.pid
     assert pid is not None and pid != os.getpid() and alive(pid)
     with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -70,11 +76,7 @@ def test_the_writer_runs_in_another_process_and_the_store_reads_what_it_wrote(tm
 
 def test_a_killed_writer_process_is_restarted_and_loses_nothing(tmp_path: Path, caplog):
     path = str(tmp_path / "t.sqlite3")
-    store = SqliteStore(path, flush_interval=0.01)
-    store.start()
-    for i in range(100):
-        store.put(make(i))
-    assert store.flush(timeout=10)
+    store = written(path, 100)
     first = store._writer.pid
     assert first is not None
     with caplog.at_level(logging.ERROR, logger="celeriac.store.sqlite"):
@@ -167,11 +169,7 @@ def test_the_tallies_stay_exact_when_a_new_writer_process_writes_the_next_batch(
     # a batch it never confirmed); the first batch of the new writer is in what it reads, and
     # must not be counted a second time on top.
     path = str(tmp_path / "t.sqlite3")
-    store = SqliteStore(path, flush_interval=0.01)
-    store.start()
-    for i in range(100):
-        store.put(make(i))
-    assert store.flush(timeout=10)
+    store = written(path, 100)
     os.kill(store._writer.pid, signal.SIGKILL)
     for i in range(100, 150):
         store.put(make(i))
