@@ -228,7 +228,12 @@ class Celeriac:
         return found
 
     def rss(self) -> int:
-        return int(self.ps.memory_info().rss)
+        """celeriac's RSS with its children's (the SQLite writer process), summed."""
+        total = self.ps.memory_info().rss
+        for child in self.ps.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += child.memory_info().rss
+        return int(total)
 
     def stop(self) -> None:
         self.http.close()
