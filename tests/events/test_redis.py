@@ -114,13 +114,17 @@ class Collector:
 def source() -> Iterator[Callable[..., tuple[RedisEventSource, Collector]]]:
     started: list[RedisEventSource] = []
 
-    def make(url: str, **kw: Any) -> tuple[RedisEventSource, Collector]:
-        sink = Collector()
-        src = RedisEventSource(url, sink, wake=sink.wake, **kw)
+    def make(
+        url: str, *, sink: Callable[[list[dict[str, Any]]], None] | None = None, **kw: Any
+    ) -> tuple[RedisEventSource, Collector]:
+        """A started source feeding a Collector, or ``sink`` (the Collector then only counts
+        wake-ups)."""
+        collector = Collector()
+        src = RedisEventSource(url, sink or collector, wake=collector.wake, **kw)
         src.start()
         started.append(src)
         assert src.wait_subscribed(10), src.counters.last_error
-        return src, sink
+        return src, collector
 
     yield make
     for src in started:
@@ -270,6 +274,11 @@ def test_malformed_payloads_are_counted_and_the_reader_goes_on(
     assert src.counters.connected and src.counters.gaps == 0
 
 
+def publish_started(server: PrivateRedis, uuid: str) -> None:
+    event = json.dumps({"type": "task-started", "uuid": uuid}).encode()
+    publish_raw(server.url(0), 0, "task.started", envelope(event))
+
+
 def test_a_batch_the_sink_refuses_for_a_while_is_given_to_it_again(
     server: PrivateRedis, source: Any
 ) -> None:
@@ -284,23 +293,14 @@ def test_a_batch_the_sink_refuses_for_a_while_is_given_to_it_again(
             raise RuntimeError("store unreachable")
         taken.extend(e["uuid"] for e in events)
 
-    src = RedisEventSource(server.url(0), sink)
-    src.start()
-    try:
-        assert src.wait_subscribed(10)
-        publish_raw(
-            server.url(0), 0, "task.started", envelope(b'{"type": "task-started", "uuid": "a"}')
-        )
-        wait_until(lambda: taken == ["a"], what="the refused batch, taken at last")
-        assert src.counters.sink_failures == 2
-        assert "store unreachable" in (src.counters.last_error or "")
-        publish_raw(
-            server.url(0), 0, "task.started", envelope(b'{"type": "task-started", "uuid": "b"}')
-        )
-        wait_until(lambda: taken == ["a", "b"], what="the next batch")
-        assert src.counters.gaps == 0
-    finally:
-        src.close()
+    src, _ = source(server.url(0), sink=sink)
+    publish_started(server, "a")
+    wait_until(lambda: taken == ["a"], what="the refused batch, taken at last")
+    assert src.counters.sink_failures == 2
+    assert "store unreachable" in (src.counters.last_error or "")
+    publish_started(server, "b")
+    wait_until(lambda: taken == ["a", "b"], what="the next batch")
+    assert src.counters.gaps == 0
 
 
 def test_a_batch_the_sink_never_takes_is_dropped_and_the_reader_goes_on(
@@ -314,25 +314,13 @@ def test_a_batch_the_sink_never_takes_is_dropped_and_the_reader_goes_on(
             raise RuntimeError("sink bug")
         taken.extend(e["uuid"] for e in events)
 
-    src = RedisEventSource(server.url(0), sink)
-    src.start()
-    try:
-        assert src.wait_subscribed(10)
-        publish_raw(
-            server.url(0),
-            0,
-            "task.started",
-            envelope(b'{"type": "task-started", "uuid": "poison"}'),
-        )
-        wait_until(lambda: src.counters.sink_failures >= 2, what="the retries")
-        time.sleep(0.4)  # given up by now
-        publish_raw(
-            server.url(0), 0, "task.started", envelope(b'{"type": "task-started", "uuid": "next"}')
-        )
-        wait_until(lambda: taken == ["next"], what="the stream after the dropped batch")
-        assert "sink bug" in (src.counters.last_error or "")
-    finally:
-        src.close()
+    src, _ = source(server.url(0), sink=sink)
+    publish_started(server, "poison")
+    wait_until(lambda: src.counters.sink_failures >= 2, what="the retries")
+    time.sleep(0.4)  # given up by now
+    publish_started(server, "next")
+    wait_until(lambda: taken == ["next"], what="the stream after the dropped batch")
+    assert "sink bug" in (src.counters.last_error or "")
 
 
 # -- volume ----------------------------------------------------------------------------------
