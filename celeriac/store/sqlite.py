@@ -52,6 +52,7 @@ from celeriac.store.sqlite_write import (
     configure,
     error_name,
     snapshot,
+    stored_totals,
 )
 from celeriac.store.writer import OVERLAY_MAX, BatchingStore, Live
 
@@ -140,10 +141,7 @@ class SqliteStore(BatchingStore):
         self._readers: list[sqlite3.Connection] = []
         conn = self._open(migrations)
         try:
-            meta = "SELECT value FROM meta WHERE key = 'task_count'"
-            self._count = int(conn.execute(meta).fetchone()[0])
-            self._names = frozenset(r[0] for r in conn.execute("SELECT name FROM task_names"))
-            self._workers = frozenset(r[0] for r in conn.execute("SELECT name FROM worker_names"))
+            self._count, self._names, self._workers = stored_totals(conn)
             self._tally = self._read_tally(conn)
         except BaseException:
             conn.close()
@@ -246,9 +244,7 @@ class SqliteStore(BatchingStore):
         self, batch: dict[str, TaskRecord], workers: dict[str, dict[str, Any]]
     ) -> None:
         done = self._writer.write(list(batch.values()), workers)
-        self._count = done.count
-        if not self._after_restart():  # else the tallies read include this batch
-            self._count_values(done.tally)
+        self._took(done.count, done.tally)
         if done.names or done.workers:
             self._add_names(done.names, done.workers)
 
@@ -261,15 +257,19 @@ class SqliteStore(BatchingStore):
         except WriterError as exc:
             self._write_failed(exc)
             return
-        self._count = done.count
-        if not self._after_restart():
-            self._count_values(done.tally)
+        self._took(done.count, done.tally)
         self._pruned += done.deleted
         if done.failure is not None:
             self._write_failed(WriterError(*done.failure))
         elif self._failing:  # what failed was retention (a failed batch would be pending)
             self._log.warning("writing to the %s works again", self.where)
             self._failing = False
+
+    def _took(self, count: int, tally: Counter[tuple[str, Any]]) -> None:
+        """Apply what the writer reports after a batch or a round of retention."""
+        self._count = count
+        if not self._after_restart():  # else the tallies just read include this change
+            self._count_values(tally)
 
     def _after_restart(self) -> bool:
         """After the writer process died and a new one started: a batch (or deletions) it

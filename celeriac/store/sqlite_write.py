@@ -120,6 +120,14 @@ def error_name(exc: BaseException) -> str:
     return getattr(exc, "sqlite_errorname", None) or type(exc).__name__
 
 
+def stored_totals(conn: sqlite3.Connection) -> tuple[int, frozenset[str], frozenset[str]]:
+    """The task count and the task and worker names the database holds (no scan)."""
+    count = conn.execute("SELECT value FROM meta WHERE key = 'task_count'").fetchone()[0]
+    names = frozenset(r[0] for r in conn.execute("SELECT name FROM task_names"))
+    workers = frozenset(r[0] for r in conn.execute("SELECT name FROM worker_names"))
+    return int(count), names, workers
+
+
 def configure(conn: sqlite3.Connection) -> None:
     """The writer connection's settings (per connection: each writer sets them)."""
     conn.execute("PRAGMA busy_timeout = 5000")
@@ -165,13 +173,10 @@ class SqliteWriter:
         )
         try:
             configure(conn)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'task_count'").fetchone()
-            names = frozenset(r[0] for r in conn.execute("SELECT name FROM task_names"))
-            workers = frozenset(r[0] for r in conn.execute("SELECT name FROM worker_names"))
+            count, names, workers = stored_totals(conn)
         except BaseException:
             conn.close()
             raise
-        count = int(row[0])
         return cls(conn, recent_max, count, names, workers)
 
     def close(self) -> None:
