@@ -223,6 +223,12 @@ class SqliteStore(BatchingStore):
             conn.close()
         self._writer.close()
 
+    def _closing(self, deadline: float) -> None:
+        # A writer thread's statement cannot be cut short (a hung disk blocks it in the
+        # kernel); a writer process can, killed.
+        if isinstance(self._writer, WriterProcess):
+            self._writer.closing(deadline)
+
     # --- ingest side -----------------------------------------------------------------------
 
     def _note_names(self, record: TaskRecord) -> None:

@@ -28,6 +28,21 @@ The child runs at a lower CPU priority (:data:`NICE`), and ignores SIGINT and SI
 a terminal or a service manager sends to every process of the group: it exits when the parent
 closes it, or when its stdin reaches EOF (the parent is gone), after the transaction in
 progress.
+
+A child that hangs (stopped, blocked on a hung disk or NFS mount, deadlocked) must not hang
+celeriac with it, so the parent never blocks on the pipes: it waits for them with ``poll``,
+and takes the child for hung when a request has stayed unanswered for
+:data:`REQUEST_TIMEOUT` while the child used no CPU at all. The CPU test is what tells a hung
+child from a busy one: a 12 MB batch, or retention over a big table, takes seconds of work
+(and more on a loaded machine, at a low priority), and the batch that follows an outage can
+be far bigger; killing it on a timer alone would kill it again at every retry. A hung child
+is killed, and the call fails as if it had died (:class:`WriterError` ``WriterHung``): the
+batch goes back to the pending ones and the next call starts a new child. Where the CPU time
+cannot be read (no ``/proc``) the timeout alone decides, and :data:`REQUEST_LIMIT` bounds even
+a busy request (a child looping on a bug). Once the store closes (:meth:`WriterProcess.closing`)
+there is a deadline instead: what the child has not answered by then is given up, and the
+closing store logs the tasks it could not write; a monitor that cannot stop because its disk
+hangs is worse than losing the last batch to that disk.
 """
 
 from __future__ import annotations
@@ -36,8 +51,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import json
+import logging
+import math
 import os
 import pickle
+import select
 import signal
 import struct
 import subprocess
@@ -70,9 +88,28 @@ _BOOT = (
 )
 #: The longest pause between two starts of a writer process that keeps failing, in seconds.
 RESTART_MAX = 30.0
+#: How long a request may stay unanswered, in seconds, while the child uses no CPU, before
+#: the child is taken for hung and killed (see the module docstring). Generous: a child that
+#: waits on I/O is not hung until it waits this long without doing anything else, and a
+#: minute of history not written is harmless (it waits in the pending batch).
+REQUEST_TIMEOUT = 60.0
+#: The longest one request may take even while the child works, in seconds: ten minutes is
+#: far beyond the biggest batch measured (seconds), so only a child looping on a bug, or one
+#: whose CPU time cannot be read, is killed by it.
+REQUEST_LIMIT = 600.0
+#: How long a closed child gets to exit (it runs ``PRAGMA optimize``), at least, in seconds.
+EXIT_WAIT = 2.0
+#: How long to wait for a killed child to be gone, in seconds; one blocked in the kernel (a
+#: hung disk) cannot die until its I/O returns, and is then left behind rather than waited for.
+KILL_WAIT = 2.0
+#: The longest one ``poll`` sleeps, in seconds: a request waiting that long looks again at the
+#: deadline ``closing`` may have set meanwhile (a request lasting over a second is rare).
+POLL_SLICE = 1.0
 #: The writer's CPU priority below the event reader's: on a busy machine the history may lag
 #: a few batches behind (``max_pending`` bounds how many), events are read on time.
 NICE = 10
+
+log = logging.getLogger(__name__)
 
 
 class WriterError(Exception):
@@ -115,6 +152,63 @@ def _plain_workers(workers: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
     return {h: json.loads(json.dumps(i, default=str)) for h, i in workers.items()}
 
 
+def _cpu_ticks(pid: int) -> int | None:
+    """The CPU time (user and system, in clock ticks) a process has used, or None where it
+    cannot be read (no ``/proc``, or the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class _Unanswered(Exception):
+    """The child did not answer in time; the text says how (for the log and the error)."""
+
+
+class _Watch:
+    """The wait for one request's reply: returns when a pipe is ready, raises
+    :class:`_Unanswered` when the child is taken for hung or the close deadline passes."""
+
+    def __init__(self, owner: WriterProcess, pid: int) -> None:
+        self.owner = owner
+        self.pid = pid
+        self.started = time.monotonic()
+        self.timeout = owner.request_timeout
+        self.check_at = self.started + self.timeout
+        self.cpu = _cpu_ticks(pid)
+
+    def wait(self, fd: int, event: int) -> None:
+        poller = select.poll()
+        poller.register(fd, event)
+        while True:
+            now = time.monotonic()
+            close_by = self.owner._close_by
+            limit = self.check_at if close_by is None else min(self.check_at, close_by)
+            if now >= limit:
+                self._check(now, close_by)
+                continue
+            wait = min(limit - now, POLL_SLICE)
+            if poller.poll(math.ceil(wait * 1000)):
+                return  # ready, or the other end closed: the read or write says which
+
+    def _check(self, now: float, close_by: float | None) -> None:
+        waited = now - self.started
+        if close_by is not None and now >= close_by:
+            raise _Unanswered(f"did not answer in {waited:.1f} s, by the store's close deadline")
+        if waited >= REQUEST_LIMIT:
+            raise _Unanswered(f"worked on one request for {waited:.0f} s")
+        cpu = _cpu_ticks(self.pid)
+        if cpu is None or cpu == self.cpu:
+            raise _Unanswered(
+                f"did not answer for {waited:.1f} s and used no CPU meanwhile"
+                " (stopped, or waiting on a hung disk)"
+            )
+        self.cpu = cpu  # busy: give it another while
+        self.check_at = now + self.timeout
+
+
 def _let_go(proc: subprocess.Popen[bytes]) -> None:
     """Close a child's pipes when its :class:`WriterProcess` is dropped without ``close()``:
     it then exits at EOF (subprocess reaps it later) instead of living as long as this
@@ -127,7 +221,12 @@ def _let_go(proc: subprocess.Popen[bytes]) -> None:
 
 class WriterProcess:
     """A :class:`SqliteWriter` in a child process, with the same ``write``, ``prune`` and
-    ``close``; started at the first call, and again after it died."""
+    ``close``; started at the first call, and again after it died or hung.
+
+    ``request_timeout`` is :data:`REQUEST_TIMEOUT`, an attribute so that tests can shorten it.
+    """
+
+    request_timeout = REQUEST_TIMEOUT
 
     def __init__(self, path: str, recent_max: int) -> None:
         self.path = path
@@ -135,6 +234,7 @@ class WriterProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._closed = False  # then no child is started again
+        self._close_by: float | None = None  # (monotonic) see closing()
         self.starts = 0  # children started: more than one means one died
         self._failures = 0  # in a row: the child gone, or not started
         self._retry_at = 0.0  # (monotonic) no start before then
@@ -170,32 +270,60 @@ class WriterProcess:
         result: Pruned = self._call(pickle.dumps(("prune", budget, max_tasks, max_age)))
         return result
 
+    def closing(self, deadline: float) -> None:
+        """The store is closing: from ``deadline`` (monotonic) on, a request in flight is
+        given up and its child killed, and no request or start is tried any more. Called
+        before the store's last flushes, from another thread than theirs (no lock: they may
+        hold it, waiting for the child)."""
+        self._close_by = deadline
+
     def close(self) -> None:
-        with self._lock:
+        """Ask the child to finish and exit; killed if it has not by the close deadline (at
+        least :data:`EXIT_WAIT` from now). Returns in bounded time whatever the child does."""
+        if self._close_by is None:
+            self._close_by = time.monotonic() + EXIT_WAIT
+        wait = max(self._close_by - time.monotonic(), EXIT_WAIT)
+        if not self._lock.acquire(timeout=wait + POLL_SLICE + KILL_WAIT):
+            # A call still waits on the child (it gives up at the deadline, and the next call
+            # finds the writer closed): nothing of the child is ours to touch meanwhile.
+            self._closed = True
+            log.error("the writer of %s did not come back from its last request", self.path)
+            return
+        try:
             self._closed = True
             proc = self._proc
             if proc is None:
                 return
-            with contextlib.suppress(OSError):
+            try:
                 assert proc.stdin is not None
-                _send(proc.stdin, ("close",))  # it writes nothing more and exits
-            self._reap(proc, timeout=30)
+                self._send(proc, _Watch(self, proc.pid), _request(("close",)))
+            except (OSError, _Unanswered):
+                pass  # gone or hung: _reap kills it
+            self._reap(proc, timeout=max(self._close_by - time.monotonic(), EXIT_WAIT))
+        finally:
+            self._lock.release()
+
+    def _past_close(self) -> bool:
+        return self._close_by is not None and time.monotonic() >= self._close_by
 
     def _call(self, request: bytes) -> Any:
         with self._lock:
             if self._closed:  # a child started now would outlive the store, never closed
                 raise WriterError("WriterClosed", f"the writer of {self.path} is closed")
+            if self._past_close():  # a new child would be killed before it answers
+                raise WriterError("WriterClosed", f"the writer of {self.path} is out of time")
             if self._proc is None and time.monotonic() < self._retry_at:
                 raise WriterError(*self._gone)
             proc = self._proc or self._start()
-            assert proc.stdin is not None and proc.stdout is not None
+            watch = _Watch(self, proc.pid)
             try:
-                proc.stdin.write(_HEADER.pack(len(request)))
-                proc.stdin.write(request)
-                proc.stdin.flush()
-                reply = _receive(proc.stdout)
+                self._send(proc, watch, _HEADER.pack(len(request)), request)
+                reply = self._receive(proc, watch)
             except OSError:
                 reply = None
+            except _Unanswered as exc:
+                self._kill(proc, str(exc))
+                self._gave_up("WriterHung", f"the writer process {exc}; killed")
             if reply is None:
                 self._reap(proc)
                 self._gave_up("WriterExited", f"the writer process exited (code {proc.returncode})")
@@ -204,20 +332,66 @@ class WriterProcess:
                 return reply[1]
             raise WriterError(reply[1], reply[2])
 
+    @staticmethod
+    def _send(proc: subprocess.Popen[bytes], watch: _Watch, *parts: bytes) -> None:
+        """Write to the child's stdin (non-blocking) as it reads; OSError if it is gone."""
+        assert proc.stdin is not None
+        fd = proc.stdin.fileno()
+        for part in parts:
+            view = memoryview(part)
+            while view:
+                watch.wait(fd, select.POLLOUT)
+                with contextlib.suppress(BlockingIOError):  # full again: wait again
+                    view = view[os.write(fd, view) :]
+
+    @staticmethod
+    def _receive(proc: subprocess.Popen[bytes], watch: _Watch) -> Any:
+        """The child's next message, or None at EOF (the child is gone)."""
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+
+        def read(size: int) -> bytes | None:
+            data = bytearray()
+            while len(data) < size:
+                watch.wait(fd, select.POLLIN)
+                try:
+                    chunk = os.read(fd, size - len(data))
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    return None
+                data += chunk
+            return bytes(data)
+
+        header = read(_HEADER.size)
+        if header is None:
+            return None
+        data = read(_HEADER.unpack(header)[0])
+        return None if data is None else pickle.loads(data)
+
     def _start(self) -> subprocess.Popen[bytes]:
         """The child, once it has opened the database (or the error it met doing so)."""
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         command = [sys.executable, "-c", _BOOT, root, self.path, str(self.recent_max)]
         proc = subprocess.Popen(
             command,
+            bufsize=0,  # the pipes are read and written raw, never through a buffer
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C in a terminal reaches the parent, not it
             close_fds=True,
         )
         self.starts += 1
-        assert proc.stdout is not None
-        reply = _receive(proc.stdout)
+        assert proc.stdin is not None and proc.stdout is not None
+        os.set_blocking(proc.stdin.fileno(), False)  # this end only: the child's blocks
+        os.set_blocking(proc.stdout.fileno(), False)
+        try:
+            reply = self._receive(proc, _Watch(self, proc.pid))
+        except OSError:
+            reply = None
+        except _Unanswered as exc:  # its disk hangs already at open
+            self._kill(proc, str(exc))
+            self._gave_up("WriterHung", f"the writer process could not start: it {exc}")
         if reply is None or reply[0] != "ok":
             self._reap(proc)
             kind, text = (reply[1], reply[2]) if reply else ("WriterExited", "no answer")
@@ -240,17 +414,40 @@ class WriterProcess:
             self._gone = (kind, f"{text}; started again in at most {pause:g} s")
         raise WriterError(kind, text)
 
+    def _kill(self, proc: subprocess.Popen[bytes], why: str) -> None:
+        """Kill a child taken for hung, and say so: this loses its request, which the store
+        writes again with the next child (or, at close, reports as not written)."""
+        log.error("the SQLite writer process %d %s: killed", proc.pid, why)
+        with contextlib.suppress(OSError):
+            proc.kill()
+        self._reap(proc, timeout=0)
+
     def _reap(self, proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
         """Close the child's pipes (it exits at EOF, if not already gone) and wait for it;
-        killed if it takes longer than ``timeout``."""
+        killed if it takes longer than ``timeout``, and left behind (logged) if even that
+        does not end it within :data:`KILL_WAIT`."""
         self._forget()
         self._proc = None
         _let_go(proc)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            with contextlib.suppress(OSError):
+                proc.kill()
+            try:
+                proc.wait(timeout=KILL_WAIT)
+            except subprocess.TimeoutExpired:
+                log.error(
+                    "the SQLite writer process %d does not die (blocked in the kernel, on a"
+                    " hung disk?): left behind",
+                    proc.pid,
+                )
+
+
+def _request(message: Any) -> bytes:
+    """A message as sent: its length, then its pickle."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
 
 
 def _malloc_trim() -> Callable[[], object]:

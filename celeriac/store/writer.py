@@ -43,6 +43,17 @@ THROTTLE_WAIT = 2.0
 #: Most tasks put but not written yet that a query or count merges in; beyond that the writer
 #: is far behind (a burst), and answers show what is written until it catches up.
 OVERLAY_MAX = 2000
+#: How long close() gives the writer to write what is pending, in seconds. A monitor asked to
+#: stop must stop: a service manager kills it soon anyway (docker after 10 s), and a writer
+#: hung on a dead disk would otherwise hold it forever. Ten seconds is far beyond a healthy
+#: last batch (a full one of 5,000 tasks takes well under a second); what is not written by
+#: then is logged as lost. An engine that can give up by itself (the SQLite writer process:
+#: killed) is told the deadline (_closing); a writer thread stuck in a call cannot be
+#: stopped, and is left behind after CLOSE_GRACE more.
+CLOSE_TIMEOUT = 10.0
+#: How much longer than the deadline close() waits for the writer thread: the time an engine
+#: needs to give up at the deadline (the writer process: notice it, kill and reap the child).
+CLOSE_GRACE = 5.0
 
 
 class Live(dict):  # type: ignore[type-arg]
@@ -60,6 +71,8 @@ class BatchingStore:
     _log: logging.Logger = logging.getLogger(__name__)
     #: Where the history lives, for messages ("task database <path>", no password).
     where: str
+    #: See CLOSE_TIMEOUT (an attribute so that tests can shorten it).
+    close_timeout = CLOSE_TIMEOUT
 
     def _init_writer(
         self,
@@ -115,6 +128,10 @@ class BatchingStore:
     def _close_connections(self) -> None:
         raise NotImplementedError
 
+    def _closing(self, deadline: float) -> None:
+        """The store is closing: make the writes still to come give up by ``deadline``
+        (monotonic), if the engine can. Called on the closing thread, before the last flush."""
+
     def _tasks_known(self) -> int:
         """Tasks written, as the store last knew (no query)."""
         raise NotImplementedError
@@ -151,14 +168,30 @@ class BatchingStore:
             self._thread.start()
 
     def close(self) -> None:
-        """Write everything pending, stop the writer and close every connection."""
+        """Write everything pending, stop the writer and close every connection; within
+        about ``close_timeout`` + CLOSE_GRACE (see CLOSE_TIMEOUT), except for a store never
+        started whose engine cannot give up by itself (the last flush then runs on this
+        thread, and a call that hangs there hangs close() too)."""
         if self._closed:
             return
         self._closed = True
+        deadline = time.monotonic() + self.close_timeout
+        self._closing(deadline)
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(deadline - time.monotonic() + CLOSE_GRACE)
+            if self._thread.is_alive():
+                # Stuck in a call (a hung disk or database); closing its connection under it
+                # could block too. The thread is a daemon: it dies with the process.
+                self._log.error(
+                    "the writer of the %s did not finish in %g s: %d tasks not written,"
+                    " closing without it",
+                    self.where,
+                    self.close_timeout + CLOSE_GRACE,
+                    len(self._pending.keys() | self._inflight.keys()),
+                )
+                return
         elif self._writing:
             self._drain()
         self._close_connections()

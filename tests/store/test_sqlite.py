@@ -15,6 +15,7 @@ import sqlite3
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -418,3 +419,37 @@ def test_writer_thread_survives_errors_and_recovers(db):
     assert store.flush(timeout=5)
     assert store.count() == 50
     store.close()
+
+
+def test_close_returns_when_the_writer_thread_is_stuck_inside_sqlite(db, caplog):
+    # A hung disk blocks the writer thread inside SQLite, where nothing can stop it: close()
+    # leaves it behind after its bound rather than hang the monitor's shutdown.
+    store = SqliteStore(db, flush_interval=0.01, writer_process=False)
+    store.close_timeout = 0.5  # CLOSE_TIMEOUT (10 s) in production
+    store.start()
+    store.put(make(0))
+    assert store.flush(timeout=10)
+    release = threading.Event()
+    # Every statement now waits inside SQLite, holding its connection, as on a hung disk.
+    store._conn.set_progress_handler(lambda: release.wait() and 0, 100)
+    try:
+        with caplog.at_level(logging.ERROR, logger="celeriac.store.sqlite"):
+            for i in range(1, 31):
+                store.put(make(i))
+            time.sleep(0.2)  # the writer thread is stuck in the batch by now
+            closer = threading.Thread(target=store.close, daemon=True)
+            closer.start()
+            closer.join(30)  # bounded: about close_timeout + CLOSE_GRACE
+            assert not closer.is_alive(), "close() blocked on a stuck writer thread"
+        assert any(
+            "did not finish" in r.getMessage() and "30 tasks not written" in r.getMessage()
+            for r in caplog.records
+        )
+    finally:
+        release.set()  # the "disk" answers again: the thread finishes, and writes the batch
+        assert store._thread is not None
+        store._thread.join(10)
+        store._conn.set_progress_handler(None, 0)
+        store._close_connections()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 31

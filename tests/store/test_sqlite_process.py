@@ -12,8 +12,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -318,3 +320,85 @@ def test_a_store_dropped_without_close_does_not_leave_its_writer_process_running
     gc.collect()
     assert wait_gone(pid)  # its pipes closed: it saw EOF and exited
     assert stored_uuids(path) == {"task-00001"}
+
+
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """The writer process stopped (SIGSTOP: as a hung disk, it answers nothing); killed on the
+    way out if the store under test left it so, so that no test leaves it behind."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_close_returns_even_when_the_writer_process_is_stopped(tmp_path: Path, caplog):
+    path = str(tmp_path / "t.sqlite3")
+    store = written(path, 50)
+    store.close_timeout = 1.0  # CLOSE_TIMEOUT (10 s) in production
+    pid = store._writer.pid
+    assert pid is not None
+    with stopped(pid), caplog.at_level(logging.ERROR):
+        for i in range(50, 80):
+            store.put(make(i))
+        time.sleep(0.2)  # the writer thread sends them and waits for the stopped child
+        closer = threading.Thread(target=store.close, daemon=True)
+        closer.start()
+        closer.join(30)  # bounded: about close_timeout plus a few seconds
+        assert not closer.is_alive(), "close() blocked on a stopped writer process"
+        assert wait_gone(pid)  # killed, not left stopped holding the database
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"writer process {pid}" in m and "killed" in m for m in messages), messages
+    assert any("30 tasks could not be written" in m for m in messages), messages
+    assert stored_uuids(path) == {f"task-{i:05d}" for i in range(50)}  # the file is intact
+
+
+def test_a_writer_process_stopped_for_long_is_killed_and_replaced_and_loses_nothing(
+    tmp_path: Path, caplog
+):
+    path = str(tmp_path / "t.sqlite3")
+    store = written(path, 100)
+    store._writer.request_timeout = 1.0  # REQUEST_TIMEOUT (60 s) in production
+    first = store._writer.pid
+    assert first is not None
+    with stopped(first), caplog.at_level(logging.ERROR):
+        for i in range(100, 200):  # new tasks, and later events of tasks already written
+            store.put(make(i, state="STARTED"))
+        for i in range(50):
+            store.put(make(i, state="SUCCESS", result="done"))
+        assert store.flush(timeout=30)  # the batch the stopped child held, written again
+        assert wait_gone(first)  # killed, not left stopped
+    second = store._writer.pid
+    assert second is not None and second != first and store._writer.starts == 2
+    assert store.stats()["write_errors"] == {"WriterHung": 1}
+    assert not store.stats()["failing"]
+    assert any(
+        f"writer process {first}" in r.getMessage() and "used no CPU" in r.getMessage()
+        for r in caplog.records
+    )
+    assert store.count() == 200 and len(stored_uuids(path)) == 200
+    assert store.get("task-00010")["result"] == "done"
+    stored = tallies_in(path)
+    assert {c: {v: n for v, n in t.items() if n} for c, t in store._tally.items()} == stored
+    assert store.count_by_state() == {s or "PENDING": n for s, n in stored["state"].items()}
+    store.close()
+    assert wait_gone(second)
+
+
+def test_a_busy_writer_process_is_not_taken_for_hung(tmp_path: Path):
+    # A big batch keeps the child working longer than the timeout: it uses CPU all along,
+    # so it is waited for, not killed (and killed again at every retry of the same batch).
+    path = str(tmp_path / "t.sqlite3")
+    store = SqliteStore(path)  # never started: flush() writes on this thread
+    store._writer.request_timeout = 0.3
+    for i in range(20_000):
+        store.put(make(i))
+    started = time.monotonic()
+    assert store.flush()
+    took = time.monotonic() - started
+    assert took > 2 * store._writer.request_timeout, f"{took:.2f} s: too quick to tell"
+    assert store._writer.starts == 1 and store.stats()["write_errors"] == {}
+    assert len(stored_uuids(path)) == 20_000
+    store.close()
