@@ -93,6 +93,7 @@ class BatchingStore:
         self._stopping = threading.Event()
         self._cycled = threading.Condition()
         self._taken = threading.Condition(self._lock)  # the writer took the pending batch
+        self._flushing = threading.Lock()  # one _flush_once at a time: see there
         self._throttled = 0
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -293,6 +294,15 @@ class BatchingStore:
         return False
 
     def _flush_once(self) -> bool:
+        # One at a time. Only the writer thread flushes once started, but a store never
+        # started flushes on its callers' threads: two at once would share the engine's one
+        # connection (SQLite: "cannot start a transaction within a transaction"), and the
+        # second, finding nothing pending, would mark as committed what the first is still
+        # writing (flush() and put_mark would lie).
+        with self._flushing:
+            return self._write_pending()
+
+    def _write_pending(self) -> bool:
         with self._lock:
             self._swaps += 1
             swap = self._swaps

@@ -453,3 +453,54 @@ def test_close_returns_when_the_writer_thread_is_stuck_inside_sqlite(db, caplog)
         store._close_connections()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 31
+
+
+@pytest.mark.parametrize("writer_process", [False, True], ids=["thread", "process"])
+def test_flushes_from_two_threads_of_a_store_never_started_both_write(db, writer_process):
+    # Never started, flush() writes on the caller's thread: two callers at once must not
+    # share the writer's connection (one transaction inside the other), nor return before
+    # their tasks are committed (the other caller's batch may hold them, still being written).
+    store = SqliteStore(db, writer_process=writer_process)
+    failures: list[str] = []
+    unwritten: list[int] = []
+    start = threading.Barrier(2)
+
+    def flusher(first: int) -> None:
+        with sqlite3.connect(db) as conn:  # what is committed, not what the store holds
+            start.wait()
+            for round_ in range(40):
+                end = first + round_ * 25 + 25
+                for i in range(end - 25, end):
+                    store.put(make(i))
+                time.sleep(0.002)  # the taker may take them meanwhile
+                if not store.flush():
+                    failures.append(str(store.stats()["last_error"]))
+                    continue
+                sql = "SELECT count(*) FROM tasks WHERE uuid BETWEEN ? AND ?"
+                got = conn.execute(sql, (make(first)["uuid"], make(end - 1)["uuid"])).fetchone()
+                if got[0] != end - first:
+                    unwritten.append(end - first - got[0])
+
+    done = threading.Event()
+
+    def taker() -> None:  # flushes only: its batches hold the other threads' tasks
+        while not done.is_set():
+            if not store.flush():
+                failures.append(str(store.stats()["last_error"]))
+            time.sleep(0.0005)
+
+    threads = [threading.Thread(target=flusher, args=(n,)) for n in (0, 10_000)]
+    helper = threading.Thread(target=taker)
+    helper.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    done.set()
+    helper.join(60)
+    assert failures == [] and store.stats()["write_errors"] == {}
+    assert unwritten == []
+    assert store.count() == 2000
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 2000
+    store.close()
