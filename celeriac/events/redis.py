@@ -445,11 +445,14 @@ class RedisEventSource:
             except Exception as exc:  # the sink's bug must not cost us the stream
                 if counters.sink_failed(exc):
                     log.exception("redis events: the sink failed on a batch (logged once per 10 s)")
-                if time.monotonic() >= deadline or self._stop.wait(pause):
-                    log.error(
-                        "redis events: %d events dropped: the state could not take them for %.0f s",
-                        len(out.events),
-                        SINK_RETRY_S,
-                    )
-                    return
-                pause = min(1.0, pause * 2)
+                # The log says which of the two gave it up: an operator told "for 30 s"
+                # looks for a state stuck that long, not for a shutdown.
+                if time.monotonic() >= deadline:
+                    why = f"the state could not take them for {SINK_RETRY_S:g} s"
+                elif self._stop.wait(pause):
+                    why = "the state had not taken them when the reader closed"
+                else:
+                    pause = min(1.0, pause * 2)
+                    continue
+                log.error("redis events: %d events dropped: %s", len(out.events), why)
+                return

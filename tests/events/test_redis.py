@@ -303,8 +303,15 @@ def test_a_batch_the_sink_refuses_for_a_while_is_given_to_it_again(
     assert src.counters.gaps == 0
 
 
+def dropped(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "events dropped" in r.getMessage()]
+
+
 def test_a_batch_the_sink_never_takes_is_dropped_and_the_reader_goes_on(
-    server: PrivateRedis, source: Any, monkeypatch: pytest.MonkeyPatch
+    server: PrivateRedis,
+    source: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(redis_events, "SINK_RETRY_S", 0.3)
     taken: list[str] = []
@@ -314,13 +321,34 @@ def test_a_batch_the_sink_never_takes_is_dropped_and_the_reader_goes_on(
             raise RuntimeError("sink bug")
         taken.extend(e["uuid"] for e in events)
 
-    src, _ = source(server.url(0), sink=sink)
-    publish_started(server, "poison")
-    wait_until(lambda: src.counters.sink_failures >= 2, what="the retries")
-    time.sleep(0.4)  # given up by now
-    publish_started(server, "next")
-    wait_until(lambda: taken == ["next"], what="the stream after the dropped batch")
+    with caplog.at_level("ERROR", logger="celeriac.events"):
+        src, _ = source(server.url(0), sink=sink)
+        publish_started(server, "poison")
+        wait_until(lambda: src.counters.sink_failures >= 2, what="the retries")
+        time.sleep(0.4)  # given up by now
+        publish_started(server, "next")
+        wait_until(lambda: taken == ["next"], what="the stream after the dropped batch")
     assert "sink bug" in (src.counters.last_error or "")
+    assert dropped(caplog) == [
+        "redis events: 1 events dropped: the state could not take them for 0.3 s"
+    ]
+
+
+def test_a_batch_refused_when_the_reader_closes_is_dropped_as_such(
+    server: PrivateRedis, source: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given up at close, long before SINK_RETRY_S: the log must not say it was tried 30 s.
+    def sink(events: list[dict[str, Any]]) -> None:
+        raise RuntimeError("store unreachable")
+
+    with caplog.at_level("ERROR", logger="celeriac.events"):
+        src, _ = source(server.url(0), sink=sink)
+        publish_started(server, "refused")
+        wait_until(lambda: src.counters.sink_failures >= 1, what="the first refusal")
+        src.close()
+    assert dropped(caplog) == [
+        "redis events: 1 events dropped: the state had not taken them when the reader closed"
+    ]
 
 
 # -- volume ----------------------------------------------------------------------------------
