@@ -94,6 +94,35 @@ def test_redis_malformed_is_counted_not_raised(data: bytes) -> None:
     assert out.malformed == 1
 
 
+GOOD_B64 = base64.b64encode(json.dumps(EVENT).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        GOOD_B64,
+        GOOD_B64[:20] + " \t" + GOOD_B64[20:],  # whitespace inside: discarded
+        GOOD_B64[:20] + "*!$" + GOOD_B64[20:],  # characters outside the alphabet: discarded
+        base64.encodebytes(json.dumps(dict(EVENT, result="x" * 100)).encode()).decode(),  # lines
+        GOOD_B64[:20] + '"' + GOOD_B64[20:],  # a quote inside (escaped by JSON)
+        GOOD_B64.rstrip("="),  # padding missing: an error
+        GOOD_B64 + "==",  # padding in excess: ignored
+        GOOD_B64[:-5],  # cut short
+        "",
+    ],
+)
+def test_redis_base64_reads_as_the_standard_library_does(text: str) -> None:
+    """The fast path's base64 (pybase64) takes and refuses what kombu's own decoder
+    (``base64.b64decode``) does, so no publisher sees a difference."""
+    try:
+        expected = [json.loads(base64.b64decode(text))]
+    except ValueError:  # binascii.Error and JSONDecodeError are ValueErrors
+        expected = []
+    out = redis(envelope(text))
+    assert out.events == expected
+    assert out.malformed == 1 - len(expected)
+
+
 def test_redis_list_with_bad_members_keeps_the_good_ones() -> None:
     batch = [EVENT, 3, {"no": "type"}, dict(EVENT, uuid="u2")]
     out = redis(envelope(json.dumps(batch).encode()))
