@@ -79,6 +79,25 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and value == value else None
 
 
+class _Pair:
+    """The numbers of one (worker, task name) label pair, bumped in place on the ingest thread.
+
+    The tally finds a pair's record with two dict lookups on the raw hostname and task name
+    (cached), instead of capping both values and building two tuples at every event: that was
+    half of the state's merge (counted in instructions, bench/results/ingest.md)."""
+
+    __slots__ = ("events", "name", "prefetch_time", "prefetched", "runtime", "wait", "worker")
+
+    def __init__(self, worker: str, name: str) -> None:
+        self.worker = worker
+        self.name = name
+        self.events: dict[str, int] = {}  # event type -> count
+        self.runtime: list[float] | None = None  # a histogram, once a task succeeded
+        self.prefetched: int | None = None  # None: no series (no task received without ETA)
+        self.prefetch_time: float | None = None
+        self.wait: list[float] | None = None  # the task name's wait histogram, shared
+
+
 class EventTally:
     """Plain counters kept on the ingest thread (the state's observer): a few dict operations
     an event. Readers take copies (a dict or list copy is atomic under the GIL)."""
@@ -93,15 +112,50 @@ class EventTally:
         self.max_pairs = max_pairs
         self.names: set[str] = set()
         self.hosts: set[str] = set()
-        self.pairs: set[tuple[str, str]] = set()
         self.worker_hosts: set[str] = set()  # hosts seen sending worker events
-        self.types: dict[str, int] = {}
-        self.events: dict[tuple[str, str, str], int] = {}  # (worker, type, task)
-        self.runtime: dict[tuple[str, str], list[float]] = {}  # (worker, task)
         self.wait: dict[str, list[float]] = {}  # task
-        self.prefetched: dict[tuple[str, str], int] = {}
-        self.prefetch_time: dict[tuple[str, str], float] = {}
+        self._pairs: dict[tuple[str, str], _Pair] = {}  # (worker, task), as labelled
+        # raw hostname -> raw task name -> its pair, for the values seen so far (bounded)
+        self._seen: dict[Any, dict[Any, _Pair]] = {}
+        self._seen_count = 0
+        self._worker_types: dict[str, int] = {}
 
+    # -- what the scrape reads (copies) ------------------------------------------------------
+    @property
+    def pairs(self) -> set[tuple[str, str]]:
+        return set(list(self._pairs))
+
+    @property
+    def events(self) -> dict[tuple[str, str, str], int]:
+        """Events by (worker, type, task)."""
+        return {(p.worker, kind, p.name): n for p in list(self._pairs.values())
+                for kind, n in dict(p.events).items()}
+
+    @property
+    def types(self) -> dict[str, int]:
+        """Events by type, task and worker events alike."""
+        out = dict(self._worker_types)
+        for p in list(self._pairs.values()):
+            for kind, n in dict(p.events).items():
+                out[kind] = out.get(kind, 0) + n
+        return out
+
+    @property
+    def runtime(self) -> dict[tuple[str, str], list[float]]:
+        return {(p.worker, p.name): list(h) for p in list(self._pairs.values())
+                if (h := p.runtime) is not None}
+
+    @property
+    def prefetched(self) -> dict[tuple[str, str], int]:
+        return {(p.worker, p.name): n for p in list(self._pairs.values())
+                if (n := p.prefetched) is not None}
+
+    @property
+    def prefetch_time(self) -> dict[tuple[str, str], float]:
+        return {(p.worker, p.name): t for p in list(self._pairs.values())
+                if (t := p.prefetch_time) is not None}
+
+    # -- the ingest thread -------------------------------------------------------------------
     def _admit(self, value: str, seen: set[str], cap: int) -> str:
         """A label value: itself while under the cap, else ``__other__``."""
         if len(seen) < cap:
@@ -109,35 +163,56 @@ class EventTally:
             return value
         return OTHER
 
-    def task_event(self, kind: str, ev: Event, rec: TaskRecord) -> None:
-        # Hot path: plain dict operations only, the common cases first.
-        types = self.types
-        types[kind] = types.get(kind, 0) + 1
-        worker = ev.get("hostname")
+    def _pair(self, raw_worker: Any, raw_name: Any) -> _Pair:
+        """The pair an event of ``raw_worker`` about a task named ``raw_name`` counts under:
+        each value capped, then the pair itself."""
+        worker = raw_worker
         if worker.__class__ is not str:
             worker = ""
         elif worker not in self.hosts:
             worker = self._admit(worker, self.hosts, self.max_hosts)
-        name = rec.get("name")
+        name = raw_name
         if name.__class__ is not str:
             name = ""
         elif name not in self.names:
             name = self._admit(name, self.names, self.max_names)
-        pair = (worker, name)
-        if pair not in self.pairs:
-            if len(self.pairs) >= self.max_pairs:
+        pair = self._pairs.get((worker, name))
+        if pair is None:
+            if len(self._pairs) >= self.max_pairs:
+                # past the cap only (worker, __other__): one more per host
                 name = OTHER
-                pair = (worker, name)
-            self.pairs.add(pair)  # past the cap only (worker, __other__): one more per host
-        key = (worker, kind, name)
-        events = self.events
-        events[key] = events.get(key, 0) + 1
+                pair = self._pairs.get((worker, name))
+            if pair is None:
+                pair = self._pairs[(worker, name)] = _Pair(worker, name)
+        # Remember the raw values' pair, up to a bound: past the caps every new name would
+        # otherwise grow the cache for ever.
+        if self._seen_count < 4 * self.max_pairs:
+            try:
+                by_name = self._seen.get(raw_worker)
+                if by_name is None:
+                    by_name = self._seen[raw_worker] = {}
+                if raw_name not in by_name:
+                    by_name[raw_name] = pair
+                    self._seen_count += 1
+            except TypeError:  # not hashable (a list in an event): counted, not cached
+                pass
+        return pair
+
+    def task_event(self, kind: str, ev: Event, rec: TaskRecord) -> None:
+        # Hot path: the cached pair, then plain attribute and dict operations.
+        worker, name = ev.get("hostname"), rec.get("name")
+        try:
+            pair = self._seen[worker][name]
+        except (KeyError, TypeError):  # not seen yet, or a value that cannot be a key
+            pair = self._pair(worker, name)
+        events = pair.events
+        events[kind] = events.get(kind, 0) + 1
         # Flower's prefetch bookkeeping, on the merged record: only tasks without an ETA.
         received = rec.get("received")
         prefetch = received is not None and not rec.get("eta")
         if kind == "task-received":
             if prefetch:
-                self.prefetched[pair] = self.prefetched.get(pair, 0) + 1
+                pair.prefetched = (pair.prefetched or 0) + 1
         elif kind == "task-started":
             started = rec.get("started")
             if started is None:
@@ -146,31 +221,34 @@ class EventTally:
             if since is not None and not rec.get("eta"):
                 waited = started - since
                 if waited == waited:  # not NaN: one bad timestamp must not poison the sum
-                    h = self.wait.get(name)
+                    h = pair.wait
                     if h is None:
-                        h = self.wait[name] = [0.0] * (len(WAIT_BUCKETS) + 2)
+                        h = self.wait.get(pair.name)
+                        if h is None:
+                            h = self.wait[pair.name] = [0.0] * (len(WAIT_BUCKETS) + 2)
+                        pair.wait = h
                     _observe(h, WAIT_BUCKETS, min(max(waited, 0.0), _LONGEST))
             if prefetch:
-                self.prefetch_time[pair] = max(started - received, 0.0)
-                self.prefetched[pair] = self.prefetched.get(pair, 0) - 1
+                pair.prefetch_time = max(started - received, 0.0)
+                pair.prefetched = (pair.prefetched or 0) - 1
         elif kind == "task-succeeded":
             runtime = ev.get("runtime")
             if (runtime.__class__ is float or runtime.__class__ is int) and (
                     0 <= runtime <= _LONGEST):  # NaN, negative or absurd: not observed
-                h = self.runtime.get(pair)
+                h = pair.runtime
                 if h is None:
-                    h = self.runtime[pair] = [0.0] * (len(self.runtime_buckets) + 2)
+                    h = pair.runtime = [0.0] * (len(self.runtime_buckets) + 2)
                 _observe(h, self.runtime_buckets, runtime)
             if prefetch and rec.get("started") is not None:
-                self.prefetch_time[pair] = 0.0
+                pair.prefetch_time = 0.0
         elif kind == "task-failed":
             if prefetch and rec.get("started") is not None:
-                self.prefetch_time[pair] = 0.0
+                pair.prefetch_time = 0.0
         elif kind in _PREFETCH_DROPPED and prefetch and rec.get("started") is None:
-            self.prefetched[pair] = self.prefetched.get(pair, 0) - 1
+            pair.prefetched = (pair.prefetched or 0) - 1
 
     def worker_event(self, kind: str, ev: Event) -> None:
-        self.types[kind] = self.types.get(kind, 0) + 1
+        self._worker_types[kind] = self._worker_types.get(kind, 0) + 1
         host = ev.get("hostname")
         if host.__class__ is str and host not in self.worker_hosts:
             self.worker_hosts.add(host)
@@ -178,14 +256,13 @@ class EventTally:
     def forget(self, hosts: Iterable[str]) -> None:
         """Drop the series of workers the state no longer knows (purged)."""
         gone = set(hosts)
-        for table in (self.events, self.runtime, self.prefetched, self.prefetch_time):
-            for key in [k for k in list(table) if k[0] in gone]:
-                table.pop(key, None)  # type: ignore[arg-type]
+        # The cache first: the ingest thread must not find a forgotten pair through it.
+        self._seen = {}
+        self._seen_count = 0
+        for key in [k for k in list(self._pairs) if k[0] in gone]:
+            self._pairs.pop(key, None)
         self.worker_hosts -= gone
         self.hosts -= gone
-        # Copies first (atomic under the GIL): the ingest thread may be adding meanwhile.
-        for pair in [p for p in list(self.pairs) if p[0] in gone]:
-            self.pairs.discard(pair)
 
 
 def _histogram(counts: list[float], buckets: Sequence[float]) -> tuple[list[tuple[str, float]],

@@ -221,6 +221,27 @@ def test_a_bad_event_does_not_break_the_tally() -> None:
         if n.endswith("_sum"):
             assert v == v and v not in (float("inf"), float("-inf")) and v >= 0, (n, v)
     assert not series(samples, "flower_worker_number_of_currently_executing_tasks")
+    # A hostname that is not text (a list: not even a dict key) still counts, under "".
+    assert value(samples, "flower_events_total", worker="", type="task-received", task="") == 1
+
+
+def test_the_tally_cache_stays_bounded_past_the_caps() -> None:
+    """Every new task name past the caps counts under __other__ without growing the cache of
+    raw values for ever, and the counts stay exact whether an event hits the cache or not."""
+    tally = EventTally(max_names=2, max_hosts=2, max_pairs=3)
+    state = State(MemoryStore(100))
+    state.observe(tally)
+    now = time.time()
+    for i in range(500):
+        state.apply(task_events(f"u{i}", f"tests.t{i % 250}", f"w{i % 3}@h", now))
+    assert tally._seen_count <= 4 * tally.max_pairs
+    events = tally.events
+    assert sum(n for k, n in events.items() if k[1] == "task-succeeded") == 500
+    assert sum(events.values()) == 4 * 500
+    assert tally.types == {"task-sent": 500, "task-received": 500, "task-started": 500,
+                           "task-succeeded": 500}
+    assert {k[2] for k in events} <= {"tests.t0", "tests.t1", OTHER}
+    assert {k[0] for k in events} == {"client@h", "w0@h", OTHER}
 
 
 def test_store_health_of_a_sqlite_store(tmp_path: Path) -> None:
