@@ -10,7 +10,8 @@ late. The merge rules, in one place:
 - fields are only ever filled, never blanked: a late ``task-received`` still supplies name,
   args and kwargs to a task that already finished.
 
-Every changed record goes to the store at once (``store.put`` is cheap); the state keeps the
+Every record a batch of events changed goes to the store at the end of the batch, once
+however many of its events the batch held (``store.put_many`` is cheap); the state keeps the
 tasks still in flight and a bounded cache of recent ones, so memory stays flat.
 """
 
@@ -127,6 +128,7 @@ class State:
         self.ignored = 0
         self.last_event_at: float | None = None
         self._fetched: dict[str, TaskRecord | None] = {}  # this batch's store lookups
+        self._touched: dict[str, TaskRecord] = {}  # this batch's changed tasks, put at its end
         self.observers: list[EventObserver] = []  # see observe()
         # Workers as last stored: listed (offline) after a restart until they are heard again.
         for hostname, saved in store.workers().items():
@@ -149,27 +151,36 @@ class State:
         now = time.time()
         batch = events if isinstance(events, list) else list(events)
         with self._lock:
-            self._prefetch(batch)
-            for ev in batch:
-                try:
-                    kind = ev.get("type")
-                    if not isinstance(kind, str):
-                        self.ignored += 1
-                        continue
-                    if kind.startswith("task-"):
-                        ok = self._apply_task(kind, ev)
-                    elif kind.startswith("worker-"):
-                        ok = self._apply_worker(kind, ev, now)
-                    else:
-                        ok = False
-                    if ok:
-                        self.applied += 1
-                    else:
-                        self.ignored += 1
-                except (TypeError, ValueError, AttributeError):
-                    self.ignored += 1
-            self._fetched.clear()
+            try:
+                self._apply_batch(batch, now)
+            finally:
+                self._fetched.clear()
+                touched = self._touched
+                if touched:
+                    self._store.put_many(list(touched.values()))
+                    touched.clear()
             self.last_event_at = now
+
+    def _apply_batch(self, batch: list[Event], now: float) -> None:
+        self._prefetch(batch)
+        for ev in batch:
+            try:
+                kind = ev.get("type")
+                if not isinstance(kind, str):
+                    self.ignored += 1
+                    continue
+                if kind.startswith("task-"):
+                    ok = self._apply_task(kind, ev)
+                elif kind.startswith("worker-"):
+                    ok = self._apply_worker(kind, ev, now)
+                else:
+                    ok = False
+                if ok:
+                    self.applied += 1
+                else:
+                    self.ignored += 1
+            except (TypeError, ValueError, AttributeError):
+                self.ignored += 1
 
     def _prefetch(self, batch: list[Event]) -> None:
         """Look up the batch's tasks that are not in the cache in one store call.
@@ -203,9 +214,12 @@ class State:
             return False
         rec = self._tasks.get(uuid)
         if rec is None:
-            fetched = self._fetched
-            stored = fetched.pop(uuid) if uuid in fetched else self._store.get(uuid)
-            rec = stored if stored is not None else new_record(uuid)
+            # Evicted earlier in this batch, the record is not in the store yet.
+            rec = self._touched.get(uuid)
+            if rec is None:
+                fetched = self._fetched
+                stored = fetched.pop(uuid) if uuid in fetched else self._store.get(uuid)
+                rec = stored if stored is not None else new_record(uuid)
             self._tasks[uuid] = rec
             self._evict()
         else:
@@ -232,7 +246,7 @@ class State:
             rec["timestamp"] = ts
         if clock is not None and (rec["clock"] is None or clock > rec["clock"]):
             rec["clock"] = clock
-        self._store.put(rec)
+        self._touched[uuid] = rec
         for observer in self.observers:
             observer.task_event(kind, ev, rec)
         return True

@@ -83,6 +83,10 @@ class TaskStore(Protocol):
         may keep a reference to ``record`` until it is written: the caller only changes it
         under its own lock and puts it again after each change."""
 
+    def put_many(self, records: list[TaskRecord]) -> None:
+        """:meth:`put` for each record, at once: the state puts the tasks a batch of events
+        changed once at the end of the batch, instead of once per event."""
+
     def put_worker(self, hostname: str, info: dict[str, Any]) -> None:
         """Keep a worker's last known state (JSON-able), restored by :meth:`workers` after a
         restart. Ingest thread; never blocks on I/O."""

@@ -50,6 +50,10 @@ class MemoryStore:
     def flush(self, timeout: float | None = None) -> bool:
         return True
 
+    def put_many(self, records: list[TaskRecord]) -> None:
+        for record in records:
+            self.put(record)
+
     def put(self, record: TaskRecord) -> None:
         uuid = record["uuid"]
         snapshot = dict(record)

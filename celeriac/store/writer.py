@@ -227,21 +227,29 @@ class BatchingStore:
 
     def put(self, record: TaskRecord) -> None:
         """File the live record for the next flush; O(1), never touches the database."""
-        uuid = record.get("uuid")
-        # No uuid would fail the NOT NULL constraint, and with it every retry of the batch;
-        # a store that does not write (a follower) leaves the task to the one that does.
-        if not uuid or not self._writing:
+        self.put_many([record])
+
+    def put_many(self, records: list[TaskRecord]) -> None:
+        """File the live records for the next flush, under one hold of the lock."""
+        # A store that does not write (a follower) leaves the tasks to the one that does.
+        if not self._writing:
             return
+        pending = self._pending
         with self._lock:
-            self._pending[uuid] = record
-            if len(self._pending) >= self.max_pending and self._keeping_up():
+            for record in records:
+                uuid = record.get("uuid")
+                # No uuid would fail the NOT NULL constraint, and with it every retry.
+                if uuid:
+                    pending[uuid] = record
+            if len(pending) >= self.max_pending and self._keeping_up():
                 # The writer is far behind (a burst, a slow disk or database): wait for it to
                 # take the batch rather than grow without bound. The reader's own backlog
                 # absorbs the burst meanwhile; nothing is dropped.
                 self._throttled += 1
                 self._wake.set()
                 self._taken.wait(THROTTLE_WAIT)
-        self._note_names(record)
+        for record in records:
+            self._note_names(record)
 
     def _keeping_up(self) -> bool:
         """Whether a writer thread is taking batches (not stopped, not failing to write)."""
