@@ -396,6 +396,21 @@ def test_evicted_from_cache_is_merged_from_the_store(store: MemoryStore) -> None
     assert store.count() == 4
 
 
+def test_evicted_within_one_batch_is_merged_not_restarted(store: MemoryStore) -> None:
+    """The batch's changes reach the store only at its end: a task evicted from the cache
+    earlier in the same batch is taken from the batch's own changes, not begun again."""
+    state = State(store, cache_size=2)
+    first = new_id()
+    received, started, succeeded = lifecycle(first)
+    others = [e for _ in range(3) for e in lifecycle(new_id(), start=100)]
+    state.apply([received, *others, started, *lifecycle(new_id(), start=200), succeeded])
+    rec = store.get(first)
+    assert rec is not None
+    assert (rec["state"], rec["name"], rec["args"]) == ("SUCCESS", "tests.add", "(1, 2)")
+    assert rec["received"] is not None and rec["started"] is not None
+    assert store.count() == 5
+
+
 def test_store_evicts_the_oldest_beyond_max_tasks() -> None:
     store = MemoryStore(max_tasks=3)
     state = State(store)
