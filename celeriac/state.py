@@ -221,11 +221,17 @@ class State:
                 stored = fetched.pop(uuid) if uuid in fetched else self._store.get(uuid)
                 rec = stored if stored is not None else new_record(uuid)
             self._tasks[uuid] = rec
-            self._evict()
+            if len(self._tasks) > self._cache_size:
+                self._evict()
         else:
             self._tasks.move_to_end(uuid)
-        ts = _float(ev.get("timestamp"))
-        clock = _int(ev.get("clock"))
+        # Conversions only for what a worker does not send (a float time, an int clock).
+        ts = ev.get("timestamp")
+        if ts.__class__ is not float:
+            ts = _float(ts)
+        clock = ev.get("clock")
+        if clock.__class__ is not int:
+            clock = _int(clock)
         known = TASK_EVENT_STATES.get(kind)
         if known is not None:
             new_state, ts_field = known
