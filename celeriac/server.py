@@ -19,7 +19,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from celeriac import auth, gc_tuning, metrics, oidc
+from celeriac import auth, heap, metrics, oidc
 from celeriac.alerts import AlertEngine
 from celeriac.api import alerts, openapi, status, task_actions, tasks, workers
 from celeriac.api.errors import APIError, handle_api_error, text_error
@@ -235,7 +235,8 @@ def serve(
 
     app = create_app(settings, cluster, clusters)
     log.info("%s", auth.describe(settings))
-    gc_tuning.tune()
+    heap.tune_gc()
+    heap.Trimmer().start()  # a daemon thread: it ends with the process
     config = uvicorn.Config(
         app,
         host=settings.address,
