@@ -234,8 +234,8 @@ class BatchingStore:
         # A store that does not write (a follower) leaves the tasks to the one that does.
         if not self._writing:
             return
-        pending = self._pending
         with self._lock:
+            pending = self._pending  # under the lock: the writer swaps in a new dict
             for record in records:
                 uuid = record.get("uuid")
                 # No uuid would fail the NOT NULL constraint, and with it every retry.
