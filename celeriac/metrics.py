@@ -83,8 +83,9 @@ class _Pair:
     """The numbers of one (worker, task name) label pair, bumped in place on the ingest thread.
 
     The tally finds a pair's record with two dict lookups on the raw hostname and task name
-    (cached), instead of capping both values and building two tuples at every event: that was
-    half of the state's merge (counted in instructions, bench/results/ingest.md)."""
+    (cached), instead of capping both values and building two tuples at every event, which
+    cost half as much as the whole merge of the event into the state (counted in
+    instructions, bench/results/ingest.md)."""
 
     __slots__ = ("events", "name", "prefetch_time", "prefetched", "runtime", "wait", "worker")
 
@@ -121,10 +122,6 @@ class EventTally:
         self._worker_types: dict[str, int] = {}
 
     # -- what the scrape reads (copies) ------------------------------------------------------
-    @property
-    def pairs(self) -> set[tuple[str, str]]:
-        return set(list(self._pairs))
-
     @property
     def events(self) -> dict[tuple[str, str, str], int]:
         """Events by (worker, type, task)."""
