@@ -43,6 +43,11 @@ def child(stage: str, data: str, src: str) -> None:
     from celeriac.metrics import EventTally
     from celeriac.state import State
 
+    # After celeriac's imports: ingest_cpu puts this repository on the path, and the tree
+    # counted must be ``src``.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ingest_cpu import NoStore
+
     ballast = [{"a": i, "b": [i]} for i in range(100_000)]  # noqa: F841 - a server's heap
     try:
         from celeriac import heap
@@ -60,22 +65,6 @@ def child(stage: str, data: str, src: str) -> None:
         if store is not None:
             store.close()
         return
-
-    class NoStore:
-        def put(self, record: object) -> None: ...
-
-        def put_many(self, records: object) -> None: ...
-
-        def put_worker(self, hostname: str, info: object) -> None: ...
-
-        def get(self, uuid: str) -> None:
-            return None
-
-        def get_many(self, uuids: object) -> dict[str, object]:
-            return {}
-
-        def workers(self) -> dict[str, object]:
-            return {}
 
     state = State(store or NoStore())  # type: ignore[arg-type]
     if stage in ("tally", "store"):
