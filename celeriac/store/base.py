@@ -81,7 +81,8 @@ class TaskStore(Protocol):
     def put(self, record: TaskRecord) -> None:
         """Record the latest version of a task. Ingest thread; never blocks on I/O. The store
         may keep a reference to ``record`` until it is written: the caller only changes it
-        under its own lock and puts it again after each change."""
+        under its own lock and puts it again after changing it (the state: once at the end of
+        each batch of events)."""
 
     def put_many(self, records: list[TaskRecord]) -> None:
         """:meth:`put` for each record, at once: the state puts the tasks a batch of events
