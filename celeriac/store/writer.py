@@ -348,7 +348,9 @@ class BatchingStore:
         self._last_error = f"{kind}: {reason}"
         self._failing = True
         if self._errors[kind] == 1:  # once per kind, not once per batch
-            self._log.error("cannot write to the %s (%s); will retry", self.where, reason)
+            # Closing, nothing retries: close() says what was not written.
+            then = "" if self._stopping.is_set() else "; will retry"
+            self._log.error("cannot write to the %s (%s)%s", self.where, reason, then)
 
     # --- readers: the tasks not written yet ------------------------------------------------
 

@@ -352,6 +352,7 @@ def test_close_returns_even_when_the_writer_process_is_stopped(tmp_path: Path, c
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"writer process {pid}" in m and "killed" in m for m in messages), messages
     assert any("30 tasks could not be written" in m for m in messages), messages
+    assert not any("will retry" in m for m in messages), messages  # closing: nothing will
     assert stored_uuids(path) == {f"task-{i:05d}" for i in range(50)}  # the file is intact
 
 
