@@ -7,7 +7,6 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,6 +20,12 @@ from tests.fixtures import (
     free_port,
     make_broker,
     wait_for,
+)
+from tests.fixtures.clusters import (
+    check_pool_grow_stays_in,
+    check_revoke_stays_in,
+    state_at,
+    tasks_at,
 )
 from tests.fixtures.monitors import clean_environ
 
@@ -163,26 +168,10 @@ def subcommand(
         m.stop()
 
 
-def tasks_at(m: MonitorProcess, base: str) -> dict[str, Any]:
-    r = m.client.get(f"{base}/api/tasks")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-def state_at(m: MonitorProcess, base: str, task_id: str) -> str | None:
-    r = m.client.get(f"{base}/api/task/info/{task_id}")
-    return str(r.json()["state"]) if r.status_code == 200 else None
-
-
 def workers_at(m: MonitorProcess, base: str) -> set[str]:
     r = m.client.get(f"{base}/api/workers", params={"refresh": "true"})
     assert r.status_code == 200, r.text
     return set(r.json())
-
-
-def pool_size(worker: CeleryWorker) -> int:
-    stats = worker.broker.app.control.inspect(destination=[worker.hostname], timeout=2).stats()
-    return len((stats or {})[worker.hostname]["pool"]["processes"])
 
 
 def test_subcommand_serves_the_app_at_flowers_paths_and_the_cluster_apart(
@@ -242,48 +231,15 @@ def test_subcommand_applies_with_the_apps_tasks_and_result_backend(
 def test_subcommand_pool_grow_under_the_prefix_reaches_only_that_clusters_worker(
     subcommand: MonitorProcess, home: CeleryWorker, away: CeleryWorker
 ) -> None:
-    home_size, away_size = pool_size(home), pool_size(away)
-    r = subcommand.client.post(f"/clusters/other/api/worker/pool/grow/{home.hostname}")
-    assert r.status_code == 404 and r.text == f"Unknown worker '{home.hostname}'"
-    r = subcommand.client.post(f"/clusters/other/api/worker/pool/grow/{away.hostname}")
-    assert r.status_code == 200, r.text
-    # The prefork pool adds processes in its maintenance pass, every 5 s.
-    wait_for(lambda: pool_size(away) == away_size + 1, 30, 0.3, "away's pool to grow")
-    assert pool_size(home) == home_size
-    r = subcommand.client.post(f"/clusters/other/api/worker/pool/shrink/{away.hostname}")
-    assert r.status_code == 200, r.text
+    check_pool_grow_stays_in(subcommand, "/clusters/other", away, home)
 
 
 def test_subcommand_revoke_under_the_prefix_reaches_only_that_clusters_worker(
     subcommand: MonitorProcess, home: CeleryWorker, away: CeleryWorker
 ) -> None:
-    long = away.broker.tasks.sleep.delay(60)
-    wait_for(
-        lambda: state_at(subcommand, "/clusters/other", long.id) == "STARTED",
-        20,
-        0.2,
-        "the long task to start on away",
-    )
-    # Unknown at Flower's paths (the -A app's cluster): nothing is sent there.
-    assert subcommand.client.get(f"/api/task/info/{long.id}").status_code == 404
-    r = subcommand.client.post(
-        f"/clusters/other/api/task/revoke/{long.id}", params={"terminate": "true"}
-    )
-    assert r.status_code == 200, r.text
-    wait_for(
-        lambda: state_at(subcommand, "/clusters/other", long.id) == "REVOKED",
-        20,
-        0.2,
-        "the long task to be revoked on away",
-    )
-    away_revoked = (
-        away.broker.app.control.inspect(destination=[away.hostname], timeout=2).revoked() or {}
-    )
-    home_revoked = (
-        home.broker.app.control.inspect(destination=[home.hostname], timeout=2).revoked() or {}
-    )
-    assert long.id in away_revoked[away.hostname]
-    assert long.id not in home_revoked[home.hostname]
+    task_id = check_revoke_stays_in(subcommand, "/clusters/other", away, home)
+    # Unknown at Flower's paths (the -A app's cluster): nothing was sent there.
+    assert subcommand.client.get(f"/api/task/info/{task_id}").status_code == 404
 
 
 def test_celerys_own_broker_and_backend_flags_stay_with_the_app(

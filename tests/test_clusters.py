@@ -21,6 +21,12 @@ from celeriac.clusters import cluster_db, cluster_settings
 from celeriac.settings import ClusterSpec, Settings, SettingsError
 from tests.alerts.receiver import Receiver, of
 from tests.fixtures import BrokerInfo, CeleryWorker, MonitorFactory, MonitorProcess, WorkerFactory
+from tests.fixtures.clusters import (
+    check_pool_grow_stays_in,
+    check_revoke_stays_in,
+    task_info,
+    tasks_at,
+)
 from tests.fixtures.processes import wait_for
 
 AUTH = ("admin", "s3cret-pw")
@@ -77,22 +83,6 @@ min_tasks = 2
     yield m
 
 
-def tasks_of(m: MonitorProcess, base: str = "") -> dict[str, Any]:
-    r = m.client.get(f"{base}/api/tasks")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-def task_info(m: MonitorProcess, base: str, task_id: str) -> dict[str, Any] | None:
-    r = m.client.get(f"{base}/api/task/info/{task_id}")
-    return dict(r.json()) if r.status_code == 200 else None
-
-
-def pool_size(broker: BrokerInfo, hostname: str) -> int:
-    stats = broker.app.control.inspect(destination=[hostname], timeout=2).stats() or {}
-    return len(stats[hostname]["pool"]["processes"])
-
-
 # What each cluster shows ------------------------------------------------------------------------
 
 
@@ -103,10 +93,10 @@ def test_each_cluster_shows_only_its_own_tasks_and_workers(
     on_rabbit = rabbit.broker.tasks.add.delay(3, 4)
     assert on_red.get(timeout=20) == 3 and on_rabbit.get(timeout=20) == 7
 
-    wait_for(lambda: on_red.id in tasks_of(monitor), 20, 0.2, "red's task at /api/tasks")
-    wait_for(lambda: on_rabbit.id in tasks_of(monitor, "/clusters/rabbit"), 20, 0.2,
+    wait_for(lambda: on_red.id in tasks_at(monitor), 20, 0.2, "red's task at /api/tasks")
+    wait_for(lambda: on_rabbit.id in tasks_at(monitor, "/clusters/rabbit"), 20, 0.2,
              "rabbit's task at /clusters/rabbit/api/tasks")
-    red_tasks, rabbit_tasks = tasks_of(monitor), tasks_of(monitor, "/clusters/rabbit")
+    red_tasks, rabbit_tasks = tasks_at(monitor), tasks_at(monitor, "/clusters/rabbit")
     assert on_rabbit.id not in red_tasks and on_red.id not in rabbit_tasks
     assert {t["worker"] for t in red_tasks.values()} <= {red.hostname}
     assert {t["worker"] for t in rabbit_tasks.values()} <= {rabbit.hostname}
@@ -132,7 +122,7 @@ def test_the_default_cluster_answers_at_flowers_paths(
 ) -> None:
     done = red.broker.tasks.echo.delay("default")
     done.get(timeout=20)
-    wait_for(lambda: done.id in tasks_of(monitor), 20, 0.2, "the task at /api/tasks")
+    wait_for(lambda: done.id in tasks_at(monitor), 20, 0.2, "the task at /api/tasks")
     # /clusters/<default>/... is the same cluster: redirected to Flower's path, query kept.
     r = monitor.client.get("/clusters/red/api/tasks", params={"limit": "1"})
     assert r.status_code == 307 and r.headers["location"] == "/api/tasks?limit=1"
@@ -161,7 +151,7 @@ def test_applying_under_a_prefix_runs_on_that_clusters_broker(
 
     info = wait_for(done, 20, 0.2, "the applied task to succeed on rabbit")
     assert info["worker"] == rabbit.hostname and info["result"] == "42"
-    assert task_id not in tasks_of(monitor)
+    assert task_id not in tasks_at(monitor)
     r = monitor.client.get(f"/clusters/rabbit/api/task/result/{task_id}")
     assert r.status_code == 200 and r.json()["result"] == 42  # rabbit's own result backend
 
@@ -172,47 +162,13 @@ def test_applying_under_a_prefix_runs_on_that_clusters_broker(
 def test_pool_grow_under_a_prefix_reaches_only_that_clusters_worker(
     monitor: MonitorProcess, red: CeleryWorker, rabbit: CeleryWorker
 ) -> None:
-    rabbit_size, red_size = pool_size(rabbit.broker, rabbit.hostname), pool_size(
-        red.broker, red.hostname)
-    # The other cluster's worker is unknown under this prefix: no command is sent.
-    r = monitor.client.post(f"/clusters/rabbit/api/worker/pool/grow/{red.hostname}")
-    assert r.status_code == 404 and r.text == f"Unknown worker '{red.hostname}'"
-
-    r = monitor.client.post(f"/clusters/rabbit/api/worker/pool/grow/{rabbit.hostname}")
-    assert r.status_code == 200, r.text
-    # The prefork pool adds processes in its maintenance pass, every 5 s.
-    wait_for(lambda: pool_size(rabbit.broker, rabbit.hostname) == rabbit_size + 1, 30, 0.3,
-             "rabbit's pool to grow")
-    assert pool_size(red.broker, red.hostname) == red_size
-    r = monitor.client.post(f"/clusters/rabbit/api/worker/pool/shrink/{rabbit.hostname}")
-    assert r.status_code == 200, r.text
+    check_pool_grow_stays_in(monitor, "/clusters/rabbit", rabbit, red)
 
 
 def test_revoke_under_a_prefix_reaches_only_that_clusters_worker(
     monitor: MonitorProcess, red: CeleryWorker, rabbit: CeleryWorker
 ) -> None:
-    long = rabbit.broker.tasks.sleep.delay(60)
-
-    def started() -> bool:
-        info = task_info(monitor, "/clusters/rabbit", long.id)
-        return bool(info and info["state"] == "STARTED")
-
-    wait_for(started, 20, 0.2, "the long task to start on rabbit")
-    r = monitor.client.post(f"/clusters/rabbit/api/task/revoke/{long.id}",
-                            params={"terminate": "true"})
-    assert r.status_code == 200, r.text
-
-    def revoked() -> bool:
-        info = task_info(monitor, "/clusters/rabbit", long.id)
-        return bool(info and info["state"] == "REVOKED")
-
-    wait_for(revoked, 20, 0.2, "the long task to be revoked on rabbit")
-    rabbit_revoked = rabbit.broker.app.control.inspect(
-        destination=[rabbit.hostname], timeout=2).revoked() or {}
-    red_revoked = red.broker.app.control.inspect(
-        destination=[red.hostname], timeout=2).revoked() or {}
-    assert long.id in rabbit_revoked[rabbit.hostname]
-    assert long.id not in red_revoked[red.hostname]
+    check_revoke_stays_in(monitor, "/clusters/rabbit", rabbit, red)
 
 
 # Auth, metrics, storage ---------------------------------------------------------------------------
@@ -452,10 +408,10 @@ def test_two_clusters_on_one_postgresql_database(
     on_red = red.broker.tasks.add.delay(5, 5)
     on_rabbit = rabbit.broker.tasks.add.delay(6, 6)
     assert on_red.get(timeout=20) == 10 and on_rabbit.get(timeout=20) == 12
-    wait_for(lambda: on_red.id in tasks_of(m), 20, 0.2, "red's task stored")
-    wait_for(lambda: on_rabbit.id in tasks_of(m, "/clusters/rabbit"), 20, 0.2,
+    wait_for(lambda: on_red.id in tasks_at(m), 20, 0.2, "red's task stored")
+    wait_for(lambda: on_rabbit.id in tasks_at(m, "/clusters/rabbit"), 20, 0.2,
              "rabbit's task stored")
-    assert on_rabbit.id not in tasks_of(m) and on_red.id not in tasks_of(m, "/clusters/rabbit")
+    assert on_rabbit.id not in tasks_at(m) and on_red.id not in tasks_at(m, "/clusters/rabbit")
     import psycopg
 
     def stored() -> tuple[set[str], set[str]] | None:
@@ -474,8 +430,8 @@ def test_two_clusters_on_one_postgresql_database(
     for base in ("", "/clusters/rabbit"):
         assert follower.client.get(f"{base}/healthcheck").headers["x-celeriac-role"] == (
             "follower")
-    assert on_red.id in tasks_of(follower) and on_rabbit.id not in tasks_of(follower)
-    rabbit_tasks = tasks_of(follower, "/clusters/rabbit")
+    assert on_red.id in tasks_at(follower) and on_rabbit.id not in tasks_at(follower)
+    rabbit_tasks = tasks_at(follower, "/clusters/rabbit")
     assert on_rabbit.id in rabbit_tasks and on_red.id not in rabbit_tasks
     # The lock is per cluster store: the schema is part of the election's identity.
     assert re.search(r"leader for amqp://\S+ \[celeriac_rabbit\]: ingesting", m.log_text())
