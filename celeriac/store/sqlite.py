@@ -267,9 +267,8 @@ class SqliteStore(BatchingStore):
         self._pruned += done.deleted
         if done.failure is not None:
             self._write_failed(WriterError(*done.failure))
-        elif self._failing:  # what failed was retention (a failed batch would be pending)
-            self._log.warning("writing to the %s works again", self.where)
-            self._failing = False
+        else:  # what failed before was retention (a failed batch would be pending)
+            self._write_worked()
 
     def _took(self, count: int, tally: Counter[tuple[str, Any]]) -> None:
         """Apply what the writer reports after a batch or a round of retention."""

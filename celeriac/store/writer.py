@@ -190,7 +190,7 @@ class BatchingStore:
                     " closing without it",
                     self.where,
                     self.close_timeout + CLOSE_GRACE,
-                    len(self._pending.keys() | self._inflight.keys()),
+                    len(self._unwritten()),
                 )
                 return
         elif self._writing:
@@ -337,10 +337,14 @@ class BatchingStore:
         self._written += len(batch)
         self._flushes += 1
         self._last_flush_seconds = time.perf_counter() - started
+        self._write_worked()
+        return True
+
+    def _write_worked(self) -> None:
+        """A write (a batch, or an engine's retention) succeeded: say so once after failures."""
         if self._failing:
             self._log.warning("writing to the %s works again", self.where)
             self._failing = False
-        return True
 
     def _write_failed(self, exc: Exception) -> None:
         kind, reason = self._describe_error(exc)
