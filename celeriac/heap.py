@@ -45,7 +45,8 @@ def tune_gc() -> None:
 
 
 def malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS). Used by
+    :class:`Trimmer` and by the SQLite writer process after each batch."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
