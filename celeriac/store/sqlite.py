@@ -257,6 +257,12 @@ class SqliteStore(BatchingStore):
     def _describe_error(self, exc: Exception) -> tuple[str, str]:
         return error_name(exc), str(exc)
 
+    def _rest(self) -> None:
+        try:
+            self._writer.rest()
+        except (WriterError, sqlite3.Error) as exc:  # only memory is at stake: try next time
+            self._log.debug("the writer could not give back its caches: %s", exc)
+
     def _prune(self, budget: float) -> None:
         try:
             done = self._writer.prune(budget, self.max_tasks, self.max_age)

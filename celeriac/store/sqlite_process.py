@@ -268,6 +268,12 @@ class WriterProcess:
         result: Pruned = self._call(pickle.dumps(("prune", budget, max_tasks, max_age)))
         return result
 
+    def rest(self) -> None:
+        """See :meth:`SqliteWriter.rest` (the child then gives the freed heap back). A child
+        not running holds nothing: none is started for this."""
+        if self._proc is not None:
+            self._call(pickle.dumps(("rest",)))
+
     def closing(self, deadline: float) -> None:
         """The store is closing: from ``deadline`` (monotonic) on, a request in flight is
         given up and its child killed, and no request or start is tried any more. Called
@@ -480,6 +486,8 @@ def main(argv: list[str]) -> int:
                 result: Any = writer.write(request[1], request[2])
             elif request[0] == "prune":
                 result = writer.prune(*request[1:])
+            elif request[0] == "rest":
+                result = writer.rest()
             else:
                 raise ValueError(f"unknown request {request[0]!r}")
         except Exception as exc:

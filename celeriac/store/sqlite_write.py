@@ -141,6 +141,19 @@ def configure(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KB:d}")
 
 
+def _connect(uri: str) -> sqlite3.Connection:
+    """The writer's own connection, configured."""
+    conn = sqlite3.connect(
+        uri, isolation_level=None, check_same_thread=False, cached_statements=256, uri=True
+    )
+    try:
+        configure(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 class SqliteWriter:
     """Writes batches and applies retention on one connection; see the module docstring.
 
@@ -162,27 +175,46 @@ class SqliteWriter:
         self.count = count
         self._stored_names = stored_names
         self._stored_workers = stored_workers
+        self._uri: str | None = None  # set when the connection is the writer's own (open)
 
     @classmethod
     def open(cls, path: str, recent_max: int) -> SqliteWriter:
         """A writer on its own connection to the (already migrated) database at ``path``; one
         that is gone (deleted under the running monitor) is an error, not a new empty file."""
         uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw"
-        conn = sqlite3.connect(
-            uri, isolation_level=None, check_same_thread=False, cached_statements=256, uri=True
-        )
+        conn = _connect(uri)
         try:
-            configure(conn)
             count, names, workers = stored_totals(conn)
         except BaseException:
             conn.close()
             raise
-        return cls(conn, recent_max, count, names, workers)
+        writer = cls(conn, recent_max, count, names, workers)
+        writer._uri = uri
+        return writer
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("PRAGMA optimize")  # keeps the planner's statistics current
         self._conn.close()
+
+    def rest(self) -> None:
+        """Give back what only a burst needs: the page cache, the prepared statements and
+        the rows kept for the next events.
+
+        They pay off at full speed (the page cache saves 10 to 20% of a write's CPU at
+        100,000 tasks and more, measured); kept at rest they make the writer 50 to 60 MB
+        bigger at 100,000 tasks. The writer's own connection is replaced by a fresh one, the
+        only way to drop its statements (10 MB of multi-row statements); one shared with the
+        store only empties its cache. SQLite refills the cache from the OS page cache as the
+        next burst touches pages, and a task's next events find its row with one lookup.
+        """
+        self._recent.clear()
+        if self._uri is None:
+            self._conn.execute("PRAGMA shrink_memory")
+            return
+        fresh = _connect(self._uri)  # an error leaves the writer as it was
+        self._conn.close()
+        self._conn = fresh
 
     # --- writes -----------------------------------------------------------------------------
 

@@ -54,6 +54,10 @@ CLOSE_TIMEOUT = 10.0
 #: How much longer than the deadline close() waits for the writer thread: the time an engine
 #: needs to give up at the deadline (the writer process: notice it, kill and reap the child).
 CLOSE_GRACE = 5.0
+#: A flush of at least this many tasks (1,000 a second at the default interval) is part of a
+#: burst; the first smaller one ends it, and the engine gives back what the burst took
+#: (:meth:`BatchingStore._rest`).
+BURST_TASKS = 200
 
 
 class Live(dict):  # type: ignore[type-arg]
@@ -103,6 +107,8 @@ class BatchingStore:
         self._last_error: str | None = None
         self._written = self._pruned = self._flushes = self._cycles = 0
         self._last_flush_seconds = 0.0
+        self._last_batch = 0  # tasks in the last flush (0: nothing was pending)
+        self._burst = False
         # Batches taken by the writer, and the last one committed with all before it: see
         # put_mark (a broker reader acks its messages once their events are committed).
         self._swaps = self._committed = 0
@@ -118,6 +124,10 @@ class BatchingStore:
     def _prune(self, budget: float) -> None:
         """Apply retention (max_tasks, max_age) for at most about ``budget`` seconds."""
         raise NotImplementedError
+
+    def _rest(self) -> None:
+        """A burst is over: give back the memory it made the writer hold (caches sized for
+        full speed), if the engine holds any. Called on the writer thread."""
 
     def _describe_error(self, exc: Exception) -> tuple[str, str]:
         """A failed write's kind (to count it by) and its text for logs (no secrets)."""
@@ -281,6 +291,11 @@ class BatchingStore:
                 and (self.max_tasks is not None or self.max_age is not None)
             ):
                 self._prune(budget=self.flush_interval / 2)
+            if self._last_batch >= BURST_TASKS:
+                self._burst = True
+            elif self._burst:
+                self._burst = False
+                self._rest()
             with self._cycled:
                 self._cycles += 1
                 self._cycled.notify_all()
@@ -314,6 +329,7 @@ class BatchingStore:
         with self._lock:
             self._swaps += 1
             swap = self._swaps
+            self._last_batch = len(self._pending)
             if not self._pending and not self._pending_workers:
                 self._committed = swap  # nothing unwritten: all put so far is committed
                 return True

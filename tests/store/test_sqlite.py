@@ -29,6 +29,7 @@ from celeriac.store.migrations import MIGRATIONS, migrate, schema_version
 from celeriac.store.query import matcher
 from celeriac.store.search import compile_search
 from celeriac.store.sqlite import SqliteStore, StoreError
+from celeriac.store.sqlite_write import SqliteWriter
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
@@ -503,4 +504,37 @@ def test_flushes_from_two_threads_of_a_store_never_started_both_write(db, writer
     assert store.count() == 2000
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 2000
+    store.close()
+
+
+def test_the_writer_keeps_its_caches_under_a_steady_trickle_and_empties_them_after_a_burst(
+    db: str,
+):
+    # In this process (writer_process=False) the writer's recent rows can be looked at: they
+    # and the page cache are what a burst needs, kept while tasks keep coming in small
+    # flushes, given back once a burst's flushes are followed by a small one.
+    store = SqliteStore(db, flush_interval=0.02, writer_process=False)
+    writer = store._writer
+    assert isinstance(writer, SqliteWriter)
+    store.start()
+    for round_ in range(10):
+        for i in range(round_ * 50, round_ * 50 + 50):
+            store.put(make(i))
+        assert store.flush(timeout=10)
+        time.sleep(0.03)
+    assert len(writer._recent) == 500  # never rested: no flush reached a burst's size
+    for i in range(500, 5_000):
+        store.put(make(i))
+    assert store.flush(timeout=30)
+    deadline = time.monotonic() + 10
+    while writer._recent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not writer._recent
+    store.put(make(42, state="REVOKED"))
+    assert store.flush(timeout=10)
+    assert store.get("task-00042")["state"] == "REVOKED"
+    assert store.count() == 5_000
+    assert store.count_by_state()["REVOKED"] == sum(
+        1 for i in range(5_000) if (i == 42 or make(i)["state"] == "REVOKED")
+    )
     store.close()

@@ -403,3 +403,48 @@ def test_a_busy_writer_process_is_not_taken_for_hung(tmp_path: Path):
     assert store._writer.starts == 1 and store.stats()["write_errors"] == {}
     assert len(stored_uuids(path)) == 20_000
     store.close()
+
+
+def child_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_after_a_burst_the_writer_process_gives_its_caches_back_and_loses_nothing(
+    tmp_path: Path,
+):
+    path = str(tmp_path / "t.sqlite3")
+    store = SqliteStore(path, flush_interval=0.05)
+    store.start()
+    store.put(make(0))
+    assert store.flush(timeout=10)
+    pid = store._writer.pid
+    assert pid is not None
+    idle = peak = child_rss(pid)
+    for i in range(30_000):  # flushes of thousands of tasks: a burst
+        store.put(make(i))
+        if i % 1000 == 0:
+            peak = max(peak, child_rss(pid))
+    assert store.flush(timeout=60)
+    peak = max(peak, child_rss(pid))
+    assert peak - idle > 20e6, f"the burst took only {(peak - idle) / 1e6:.1f} MB"
+    # The flushes after it are empty: the burst is over, the child rests (a fresh connection:
+    # no page cache, no statements; the freed heap trimmed).
+    deadline = time.monotonic() + 10
+    while child_rss(pid) - idle > (peak - idle) / 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rest = child_rss(pid)
+    assert rest - idle <= (peak - idle) / 2, (idle, peak, rest)
+    assert store._writer.pid == pid and store.stats()["write_errors"] == {}
+    # Later events of tasks written in the burst (the rows it remembered are gone): each
+    # updates its row, and the tallies stay exact.
+    for i in range(0, 30_000, 7):
+        store.put(make(i, state="SUCCESS", result="late"))
+    assert store.flush(timeout=30)
+    assert store.count() == 30_000 and len(stored_uuids(path)) == 30_000
+    assert store.get("task-00700")["result"] == "late"
+    stored = tallies_in(path)
+    assert {c: {v: n for v, n in t.items() if n} for c, t in store._tally.items()} == stored
+    assert store.count_by_state() == {s or "PENDING": n for s, n in stored["state"].items()}
+    store.close()
+    assert wait_gone(pid)
