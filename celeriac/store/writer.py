@@ -295,7 +295,11 @@ class BatchingStore:
                 self._burst = True
             elif self._burst:
                 self._burst = False
-                self._rest()
+                try:
+                    with self._flushing:  # the engine's connection is the flushes' too
+                        self._rest()
+                except Exception:  # only memory is at stake: the writer must go on
+                    self._log.exception("giving back the writer's caches failed (%s)", self.where)
             with self._cycled:
                 self._cycles += 1
                 self._cycled.notify_all()

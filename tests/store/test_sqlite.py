@@ -538,3 +538,25 @@ def test_the_writer_keeps_its_caches_under_a_steady_trickle_and_empties_them_aft
         1 for i in range(5_000) if (i == 42 or make(i)["state"] == "REVOKED")
     )
     store.close()
+
+
+def test_a_failure_to_give_back_the_caches_is_logged_and_the_writer_goes_on(db: str, caplog):
+    store = SqliteStore(db, flush_interval=0.02, writer_process=False)
+
+    def broken() -> None:
+        raise RuntimeError("no rest for the wicked")
+
+    store._rest = broken  # type: ignore[method-assign]
+    store.start()
+    with caplog.at_level(logging.ERROR, logger="celeriac"):
+        for i in range(1_000):  # a burst, then empty flushes: the rest is tried
+            store.put(make(i))
+        assert store.flush(timeout=10)
+        deadline = time.monotonic() + 10
+        while not any("caches failed" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the rest was never tried"
+            time.sleep(0.01)
+    store.put(make(1_000))  # the writer thread is still there
+    assert store.flush(timeout=10)
+    assert store.count() == 1_001
+    store.close()
