@@ -487,7 +487,8 @@ def main(argv: list[str]) -> int:
             elif request[0] == "prune":
                 result = writer.prune(*request[1:])
             elif request[0] == "rest":
-                result = writer.rest()
+                writer.rest()
+                result = None
             else:
                 raise ValueError(f"unknown request {request[0]!r}")
         except Exception as exc:
