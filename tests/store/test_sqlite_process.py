@@ -164,6 +164,13 @@ def tallies_in(path: str) -> dict[str, dict[object, int]]:
         }
 
 
+def assert_tallies_match_the_file(store: SqliteStore, path: str) -> None:
+    """The store's counts per state, name and worker are the file's, as counted by a scan."""
+    stored = tallies_in(path)
+    assert {c: {v: n for v, n in t.items() if n} for c, t in store._tally.items()} == stored
+    assert store.count_by_state() == {s or "PENDING": n for s, n in stored["state"].items()}
+
+
 def test_the_tallies_stay_exact_when_a_new_writer_process_writes_the_next_batch(
     tmp_path: Path,
 ):
@@ -177,10 +184,9 @@ def test_the_tallies_stay_exact_when_a_new_writer_process_writes_the_next_batch(
         store.put(make(i))
     assert store.flush(timeout=10)
     assert store._writer.starts == 2
-    stored = tallies_in(path)
     assert store.count() == 150
     assert sum(store.count_by_state().values()) == 150
-    assert {c: {v: n for v, n in t.items() if n} for c, t in store._tally.items()} == stored
+    assert_tallies_match_the_file(store, path)
     store.close()
 
 
@@ -381,9 +387,7 @@ def test_a_writer_process_stopped_for_long_is_killed_and_replaced_and_loses_noth
     )
     assert store.count() == 200 and len(stored_uuids(path)) == 200
     assert store.get("task-00010")["result"] == "done"
-    stored = tallies_in(path)
-    assert {c: {v: n for v, n in t.items() if n} for c, t in store._tally.items()} == stored
-    assert store.count_by_state() == {s or "PENDING": n for s, n in stored["state"].items()}
+    assert_tallies_match_the_file(store, path)
     store.close()
     assert wait_gone(second)
 
@@ -443,8 +447,6 @@ def test_after_a_burst_the_writer_process_gives_its_caches_back_and_loses_nothin
     assert store.flush(timeout=30)
     assert store.count() == 30_000 and len(stored_uuids(path)) == 30_000
     assert store.get("task-00700")["result"] == "late"
-    stored = tallies_in(path)
-    assert {c: {v: n for v, n in t.items() if n} for c, t in store._tally.items()} == stored
-    assert store.count_by_state() == {s or "PENDING": n for s, n in stored["state"].items()}
+    assert_tallies_match_the_file(store, path)
     store.close()
     assert wait_gone(pid)
