@@ -56,10 +56,10 @@ def malloc_trim() -> Callable[[int], int] | None:
     return trim  # type: ignore[no-any-return]
 
 
-def rss_bytes() -> int | None:
-    """This process' resident size, or None without ``/proc``."""
+def rss_bytes(pid: int | None = None) -> int | None:
+    """The resident size of this process (or of process ``pid``), or None without ``/proc``."""
     try:
-        with open("/proc/self/statm", "rb") as f:
+        with open(f"/proc/{pid or 'self'}/statm", "rb") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from celeriac.heap import rss_bytes
 from celeriac.store.sqlite import SqliteStore
 from celeriac.store.sqlite_process import NICE
 from tests.store.test_sqlite import make
@@ -410,8 +411,9 @@ def test_a_busy_writer_process_is_not_taken_for_hung(tmp_path: Path):
 
 
 def child_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    rss = rss_bytes(pid)
+    assert rss is not None
+    return rss
 
 
 def test_after_a_burst_the_writer_process_gives_its_caches_back_and_loses_nothing(
